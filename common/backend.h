@@ -1,0 +1,165 @@
+// backend.h: the table of operations every backend implements (ref/, fast/, cuda/).
+//
+// The model, the training loop, the samplers and the clustering call only through this table, so
+// they run unchanged on any backend, and tensors never leave backend memory behind their back.
+// ref/ is the oracle; fast/ and cuda/ compute the same functions and are tested against it.
+//
+// Conventions, once for every op:
+// - Tensors are float32, NCHW, contiguous, in the backend's memory (alloc/upload/download). Shapes
+//   are plain ints passed after the pointers; every pointer carries a shape comment.
+// - Argument order: outputs, then saved-for-backward, then inputs, then parameters, then dimensions.
+//   Backward: (input gradients, parameter gradients, output gradient, saved..., inputs..., dims).
+// - GRADIENT CONVENTION: parameter gradients ACCUMULATE (`dw += ...`), so that one fill() of the
+//   gradient buffer starts a step and several uses of a weight add up; activation gradients are
+//   WRITTEN (`dx = ...`). Where an activation feeds two consumers (residual and skip paths) the graph
+//   code accumulates the two contributions itself (axpby). A NULL input-gradient pointer means
+//   "not needed" (e.g. dx of the first layer); a NULL bias means "no bias".
+// - Ops never allocate; scratch, when an op needs it, is passed in by the caller.
+// - Forward ops may be called in place (y == x) only where the comment says so.
+#ifndef MSD_BACKEND_H
+#define MSD_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct msd_backend {
+    const char *name;
+
+    // ---------------------------------------------------------------------------------------------
+    // Memory. n counts floats. upload/download move between host and backend memory; copy and fill
+    // stay in backend memory. sync waits for queued work (a no-op on the CPU).
+    float *(*alloc)(size_t n);
+    void (*release)(float *p);
+    void (*upload)(float *dst, const float *host_src, size_t n);
+    void (*download)(float *host_dst, const float *src, size_t n);
+    void (*copy)(float *dst, const float *src, size_t n);
+    void (*fill)(float *x, float value, size_t n);
+    void (*sync)(void);
+
+    // ---------------------------------------------------------------------------------------------
+    // conv2d: stride 1, "same" zero padding (K/2), K = 1 or 3.
+    // y: (N, OC, H, W)  x: (N, C, H, W)  w: (OC, C, K, K)  b: (OC) or NULL
+    void (*conv2d_forward)(float *y, const float *x, const float *w, const float *b, int N, int C,
+                           int H, int W, int OC, int K);
+    // dx: (N, C, H, W) written or NULL; dw: (OC, C, K, K) +=; db: (OC) += or NULL; dy: (N, OC, H, W)
+    void (*conv2d_backward)(float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *w, int N, int C, int H, int W, int OC, int K);
+
+    // ---------------------------------------------------------------------------------------------
+    // Resampling with EDM's box filter [1, 1]. H and W are the sizes of x (the input).
+    // down2: y: (N, C, H/2, W/2), the mean of each 2x2 block of x: (N, C, H, W); H, W even.
+    void (*down2_forward)(float *y, const float *x, int N, int C, int H, int W);
+    // dx: (N, C, H, W) written; dy: (N, C, H/2, W/2)
+    void (*down2_backward)(float *dx, const float *dy, int N, int C, int H, int W);
+    // up2: y: (N, C, 2H, 2W), nearest neighbour (the transposed box filter times 4); x: (N, C, H, W)
+    void (*up2_forward)(float *y, const float *x, int N, int C, int H, int W);
+    // dx: (N, C, H, W) written; dy: (N, C, 2H, 2W)
+    void (*up2_backward)(float *dx, const float *dy, int N, int C, int H, int W);
+
+    // ---------------------------------------------------------------------------------------------
+    // groupnorm over G groups of C/G channels each (C % G == 0), biased variance, then a per-channel
+    // affine. y: (N, C, HW)  mean, rstd: (N, G) saved  x: (N, C, HW)  gamma, beta: (C)
+    void (*groupnorm_forward)(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                              const float *beta, int N, int C, int HW, int G, float eps);
+    // dx: (N, C, HW) written; dgamma, dbeta: (C) +=
+    void (*groupnorm_backward)(float *dx, float *dgamma, float *dbeta, const float *dy,
+                               const float *mean, const float *rstd, const float *x,
+                               const float *gamma, int N, int C, int HW, int G);
+
+    // ---------------------------------------------------------------------------------------------
+    // linear: y = x w^T + b.  y: (N, OUT)  x: (N, IN)  w: (OUT, IN)  b: (OUT) or NULL
+    void (*linear_forward)(float *y, const float *x, const float *w, const float *b, int N, int IN,
+                           int OUT);
+    // dx: (N, IN) written or NULL; dw: (OUT, IN) +=; db: (OUT) += or NULL
+    void (*linear_backward)(float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *w, int N, int IN, int OUT);
+
+    // ---------------------------------------------------------------------------------------------
+    // silu: y = x * sigmoid(x). y, x: (n); in place allowed in forward.
+    void (*silu_forward)(float *y, const float *x, size_t n);
+    // dx: (n) written (may equal dy); x: the forward input
+    void (*silu_backward)(float *dx, const float *dy, const float *x, size_t n);
+
+    // ---------------------------------------------------------------------------------------------
+    // attention core, one head, on EDM's interleaved qkv layout: channel (c*3 + j) of qkv holds
+    // q (j = 0), k (j = 1), v (j = 2) of channel c.
+    // w[n, i, j] = softmax_j( sum_c q[n, c, i] k[n, c, j] / sqrt(C) );  a[n, c, i] = sum_j w[n, i, j] v[n, c, j]
+    // a: (N, C, HW)  w: (N, HW, HW) saved  qkv: (N, 3C, HW)
+    void (*attention_forward)(float *a, float *w, const float *qkv, int N, int C, int HW);
+    // dqkv: (N, 3C, HW) written; da: (N, C, HW)
+    void (*attention_backward)(float *dqkv, const float *da, const float *w, const float *qkv, int N,
+                               int C, int HW);
+
+    // ---------------------------------------------------------------------------------------------
+    // positional embedding of the noise condition (forward only; nothing before it has weights).
+    // freqs f_i = (1/10000)^(i / (C/2 - 1)), i < C/2;  y[n] = [sin(c[n] f), cos(c[n] f)]  (sin first)
+    // y: (N, C)  c: (N); C even and >= 4
+    void (*posemb_forward)(float *y, const float *c, int N, int C);
+
+    // ---------------------------------------------------------------------------------------------
+    // dropout: element i is kept when msd_rng_uniform(seed, stream, i) >= p, and then scaled by
+    // 1/(1-p); backward regenerates the same mask. y, x: (n); in place allowed; 0 <= p < 1.
+    void (*dropout_forward)(float *y, const float *x, float p, uint64_t seed, uint64_t stream,
+                            size_t n);
+    // dx: (n) written (may equal dy)
+    void (*dropout_backward)(float *dx, const float *dy, float p, uint64_t seed, uint64_t stream,
+                             size_t n);
+
+    // ---------------------------------------------------------------------------------------------
+    // channel concat: y[n] = [a[n], b[n]].  y: (N, CA+CB, HW)  a: (N, CA, HW)  b: (N, CB, HW)
+    void (*concat_forward)(float *y, const float *a, const float *b, int N, int CA, int CB, int HW);
+    // the backward of concat is the split: da, db written (either may be NULL); dy: (N, CA+CB, HW)
+    void (*concat_backward)(float *da, float *db, const float *dy, int N, int CA, int CB, int HW);
+
+    // ---------------------------------------------------------------------------------------------
+    // elementwise, all (n), in place allowed:
+    // add: y = a + b;  scale: y = s x;  axpby: y = a x + b y (y is read and written)
+    void (*add)(float *y, const float *a, const float *b, size_t n);
+    void (*scale)(float *y, const float *x, float s, size_t n);
+    void (*axpby)(float *y, float a, const float *x, float b, size_t n);
+    // per-(sample, channel) bias: y[n, c, :] = x[n, c, :] + bias[n, c]
+    // y, x: (N, C, HW) (in place allowed)  bias: (N, C)
+    void (*bias_add_forward)(float *y, const float *x, const float *bias, int N, int C, int HW);
+    // dx is dy itself (the graph reuses it); dbias[n, c] = sum over HW of dy, written (an activation)
+    // dbias: (N, C)  dy: (N, C, HW)
+    void (*bias_add_backward)(float *dbias, const float *dy, int N, int C, int HW);
+
+    // ---------------------------------------------------------------------------------------------
+    // Optimiser. Adam as PyTorch computes it (no weight decay), with the bias corrections of step
+    // `step` (1 for the first update):
+    //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+    //   p -= (lr / (1 - b1^step)) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)
+    // p, m, v: (n) updated; g: (n)
+    void (*adam)(float *p, float *m, float *v, const float *g, float lr, float beta1, float beta2,
+                 float eps, long step, size_t n);
+    // EMA as EDM writes it (p.lerp(ema, beta)): ema = p + beta (ema - p).  ema, p: (n)
+    void (*ema)(float *ema, const float *p, float beta, size_t n);
+    // x = nan_to_num(x): NaN -> nan, +Inf -> posinf, -Inf -> neginf.  x: (n) in place
+    void (*nan_to_num)(float *x, float nan, float posinf, float neginf, size_t n);
+    // out[0] = sum of x^2, accumulated in double.  out: (1) in backend memory  x: (n)
+    void (*sumsq)(float *out, const float *x, size_t n);
+};
+
+// Every op of the table, in order. Each backend builds its table from this list
+// (`#define REF_OP(op) .op = ref_##op,`), so an op that a backend lacks is an undeclared identifier,
+// a build error rather than a NULL pointer found at run time; the assertion below keeps the list and
+// the struct in step.
+#define MSD_BACKEND_OPS(X) X(alloc) X(release) X(upload) X(download) X(copy) X(fill) X(sync) \
+    X(conv2d_forward) X(conv2d_backward) X(down2_forward) X(down2_backward) X(up2_forward) \
+    X(up2_backward) X(groupnorm_forward) X(groupnorm_backward) X(linear_forward) \
+    X(linear_backward) X(silu_forward) X(silu_backward) X(attention_forward) X(attention_backward) \
+    X(posemb_forward) X(dropout_forward) X(dropout_backward) X(concat_forward) X(concat_backward) \
+    X(add) X(scale) X(axpby) X(bias_add_forward) X(bias_add_backward) X(adam) X(ema) X(nan_to_num) \
+    X(sumsq)
+#define MSD_COUNT_OP(op) +1
+_Static_assert(sizeof(struct msd_backend) ==
+                   sizeof(const char *) + (0 MSD_BACKEND_OPS(MSD_COUNT_OP)) * sizeof(void (*)(void)),
+               "MSD_BACKEND_OPS must list every op of struct msd_backend");
+
+// The backends this build knows, by name ("ref", "fast", "cuda"). Returns NULL and sets
+// msd_last_error() for an unknown name or a backend that this build or machine lacks.
+const struct msd_backend *msd_backend_get(const char *name);
+
+extern const struct msd_backend msd_backend_ref;
+
+#endif

@@ -1,0 +1,25 @@
+// ref/backend.c: host memory for the reference backend, and its op table.
+//
+// Contract of ref/ (every file): scalar C11, no intrinsics, no fast-math, readable first.
+// Reductions accumulate in double. The only parallelism is `#pragma omp parallel for` over
+// independent outputs. Ops never allocate.
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/backend.h"
+#include "../common/util.h"
+#include "ref.h"
+
+// Memory is plain host memory: upload/download/copy are memcpy.
+float *ref_alloc(size_t n) { return xmalloc(n * sizeof(float)); }
+void ref_release(float *p) { free(p); }
+void ref_upload(float *dst, const float *host_src, size_t n) { memcpy(dst, host_src, n * sizeof(float)); }
+void ref_download(float *host_dst, const float *src, size_t n) { memcpy(host_dst, src, n * sizeof(float)); }
+void ref_copy(float *dst, const float *src, size_t n) { memmove(dst, src, n * sizeof(float)); }
+void ref_fill(float *x, float value, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = value;
+}
+void ref_sync(void) {}
+
+#define REF_OP(op) .op = ref_##op,
+const struct msd_backend msd_backend_ref = {.name = "ref", MSD_BACKEND_OPS(REF_OP)};
