@@ -30,6 +30,7 @@
 enum msd_stream {
     MSD_STREAM_TEST = 1,     // tests and benchmarks filling inputs
     MSD_STREAM_INIT = 2,     // weight initialisation (index = offset in the parameter buffer)
+    MSD_STREAM_DROPOUT_TEST = 3, // dropout masks drawn by the tests
     MSD_STREAM_DROPOUT = 16, // dropout masks: stream = MSD_STREAM_DROPOUT + layer-specific offset
 };
 

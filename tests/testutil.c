@@ -1,0 +1,232 @@
+// testutil.c: guarded buffers, seeded fills, comparison and finite differences (see testutil.h).
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/rng.h"
+#include "../common/util.h"
+#include "tolerance.h"
+
+// ---------------------------------------------------------------------------------------------------
+// Guarded buffers. Layout: [n][guard][data ... n floats][guard]; the size sits in front so free and
+// check need only the pointer. The sentinel is a NaN with a payload no computation produces.
+
+static const uint32_t GUARD_BITS = 0x7fc0beefu;
+
+static float guard_value(void) {
+    float g;
+    memcpy(&g, &GUARD_BITS, sizeof g);
+    return g;
+}
+
+float *tbuf_new(size_t n) {
+    float *base = xmalloc((n + 2 * TEST_GUARD + 2) * sizeof(float));
+    memcpy(base, &n, sizeof n); // two floats' worth of header holds the size
+    float *p = base + 2 + TEST_GUARD;
+    float g = guard_value();
+    for (size_t i = 0; i < TEST_GUARD; i++) p[-1 - (long)i] = p[n + i] = g;
+    for (size_t i = 0; i < n; i++) p[i] = 0.0f;
+    return p;
+}
+
+void tbuf_check(const float *p, size_t n, const char *what) {
+    for (size_t i = 0; i < TEST_GUARD; i++) {
+        uint32_t lo, hi;
+        memcpy(&lo, &p[-1 - (long)i], sizeof lo);
+        memcpy(&hi, &p[n + i], sizeof hi);
+        ck_assert_msg(lo == GUARD_BITS, "%s: guard before the buffer overwritten at offset -%zu", what,
+                      i + 1);
+        ck_assert_msg(hi == GUARD_BITS, "%s: guard after the buffer overwritten at offset n+%zu (n=%zu)",
+                      what, i, n);
+    }
+}
+
+void tbuf_free(float *p) {
+    if (p) free(p - 2 - TEST_GUARD);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fills
+
+void fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * msd_rng_uniform(seed, MSD_STREAM_TEST, i);
+}
+
+void fill_normal(float *x, size_t n, uint64_t seed, float std) {
+    for (size_t i = 0; i < n; i++) x[i] = std * msd_rng_normal(seed, MSD_STREAM_TEST, i);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Comparison
+
+struct cmp_result compare(const float *got, const float *want, size_t n) {
+    struct cmp_result r = {.n = n};
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double g = got[i], w = want[i];
+        if (!isfinite(g) || !isfinite(w)) {
+            // both NaN, or the same infinity, is agreement
+            int same = (isnan(g) && isnan(w)) || (isinf(g) && isinf(w) && (g > 0) == (w > 0));
+            if (!same) r.nonfinite_mismatch++;
+            continue;
+        }
+        double d = fabs(g - w);
+        if (d > r.max_abs) {
+            r.max_abs = d;
+            r.worst = i;
+        }
+        double rel = d / fmax(fabs(w), 1e-30);
+        if (rel > r.max_rel) r.max_rel = rel;
+        num += d * d;
+        den += w * w;
+    }
+    r.rel_l2 = den > 0 ? sqrt(num / den) : sqrt(num);
+    return r;
+}
+
+void assert_close(const float *got, const float *want, size_t n, double abs_tol, uint64_t seed,
+                  const char *what) {
+    struct cmp_result r = compare(got, want, n);
+    double scale = 1.0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(want[i])) scale = fmax(scale, fabs(want[i]));
+    char first[256] = "";
+    size_t used = 0, shown = 0;
+    for (size_t i = 0; i < n && shown < 3; i++) {
+        int bad = !(isfinite(got[i]) && isfinite(want[i])) ? (isnan(got[i]) != isnan(want[i]))
+                                                           : fabs((double)got[i] - want[i]) > abs_tol * scale;
+        if (bad && used < sizeof first) {
+            used += snprintf(first + used, sizeof first - used, " [%zu] got %.9g want %.9g;", i, got[i],
+                             want[i]);
+            shown++;
+        }
+    }
+    ck_assert_msg(r.nonfinite_mismatch == 0, "%s (seed %llu): %zu NaN/Inf disagreements;%s", what,
+                  (unsigned long long)seed, r.nonfinite_mismatch, first);
+    ck_assert_msg(r.max_abs <= abs_tol * scale,
+                  "%s (seed %llu): max abs err %.3g > %.3g (x scale %.3g) at [%zu] (got %.9g want %.9g); "
+                  "max rel %.3g, rel L2 %.3g; first mismatches:%s",
+                  what, (unsigned long long)seed, r.max_abs, abs_tol, scale, r.worst, got[r.worst],
+                  want[r.worst], r.max_rel, r.rel_l2, first);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Finite differences
+
+static double weighted_sum(const float *r, const float *out, size_t n) {
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++) acc += (double)r[i] * out[i];
+    return acc;
+}
+
+// L at x[j] = v, restoring nothing (the caller restores).
+static double loss_at(fd_forward f, void *ctx, const float *r, float *out, size_t nout, float *x,
+                      size_t j, float v) {
+    x[j] = v;
+    f(ctx, out);
+    return weighted_sum(r, out, nout);
+}
+
+double fd_check(const char *what, fd_forward f, void *ctx, const float *r, size_t nout, float *x,
+                const float *grad, size_t nx, int max_entries, uint64_t seed) {
+    float *out = xmalloc(nout * sizeof(float));
+    double scale = 0.0;
+    for (size_t j = 0; j < nx; j++) scale = fmax(scale, fabs(grad[j]));
+    const size_t count = nx < (size_t)max_entries ? nx : (size_t)max_entries;
+    double worst = 0.0;
+    size_t worst_j = 0;
+    double worst_fd = 0.0;
+    for (size_t k = 0; k < count; k++) {
+        size_t j = count == nx ? k : msd_rng_u32(seed, MSD_STREAM_TEST + 1, k) % nx;
+        const float x0 = x[j];
+        const double h = FD_STEP * fmax(1.0, fabs(x0));
+        // Fourth-order central difference: f' ~ (8 (f(+h) - f(-h)) - (f(+2h) - f(-2h))) / 12h.
+        // The perturbed values are rounded to float; the actual steps taken are used below.
+        const float p1 = (float)(x0 + h), m1 = (float)(x0 - h);
+        const float p2 = (float)(x0 + 2 * h), m2 = (float)(x0 - 2 * h);
+        double lp1 = loss_at(f, ctx, r, out, nout, x, j, p1);
+        double lm1 = loss_at(f, ctx, r, out, nout, x, j, m1);
+        double lp2 = loss_at(f, ctx, r, out, nout, x, j, p2);
+        double lm2 = loss_at(f, ctx, r, out, nout, x, j, m2);
+        x[j] = x0;
+        // With unequal rounded steps the stencil is solved for the actual offsets: take the two
+        // second-order estimates d1, d2 and extrapolate d = d1 + (d1 - d2) / 3 (exact when h2 = 2 h1).
+        double d1 = (lp1 - lm1) / ((double)p1 - m1);
+        double d2 = (lp2 - lm2) / ((double)p2 - m2);
+        double fd = d1 + (d1 - d2) / 3.0;
+        double an = grad[j];
+        double err = fabs(fd - an) / (fmax(fabs(fd), fabs(an)) + FD_FLOOR * scale + 1e-30);
+        if (err > worst) {
+            worst = err;
+            worst_j = j;
+            worst_fd = fd;
+        }
+    }
+    f(ctx, out); // leave the context's output as at x
+    free(out);
+    printf("fd %-48s worst rel err %.2e over %zu of %zu entries\n", what, worst, count, nx);
+    ck_assert_msg(worst <= FD_TOL,
+                  "%s (seed %llu): finite difference disagrees at [%zu]: fd %.9g, analytic %.9g, "
+                  "rel err %.3g > %.3g",
+                  what, (unsigned long long)seed, worst_j, worst_fd, (double)grad[worst_j], worst, FD_TOL);
+    return worst;
+}
+
+double check_op_gradients(const char *op, fd_forward forward, op_backward backward, void *ctx,
+                          float *out, size_t nout, struct grad_tensor *t, int nt, uint64_t seed) {
+    float *r = tbuf_new(nout);
+    fill_uniform(r, nout, seed ^ 0x5eedu, -1.0f, 1.0f);
+    // (1) the convention: parameters accumulate from zero, inputs are overwritten
+    for (int k = 0; k < nt; k++)
+        for (size_t i = 0; i < t[k].n; i++) t[k].grad[i] = t[k].is_param ? 0.0f : 1e30f;
+    backward(ctx, r);
+    float **first = xmalloc(nt * sizeof(float *));
+    for (int k = 0; k < nt; k++) {
+        first[k] = xmalloc(t[k].n * sizeof(float));
+        memcpy(first[k], t[k].grad, t[k].n * sizeof(float));
+    }
+    backward(ctx, r);
+    for (int k = 0; k < nt; k++) {
+        for (size_t i = 0; i < t[k].n; i++) {
+            if (t[k].is_param)
+                ck_assert_msg(t[k].grad[i] == 2 * first[k][i],
+                              "%s %s (seed %llu): parameter gradient does not accumulate: [%zu] %.9g after "
+                              "two calls, %.9g after one",
+                              op, t[k].name, (unsigned long long)seed, i, t[k].grad[i], first[k][i]);
+            else
+                ck_assert_msg(t[k].grad[i] == first[k][i] && fabsf(first[k][i]) < 1e29f,
+                              "%s %s (seed %llu): input gradient not written: [%zu] %.9g then %.9g", op,
+                              t[k].name, (unsigned long long)seed, i, first[k][i], t[k].grad[i]);
+        }
+    }
+    // (2) finite differences on every tensor
+    double worst = 0.0;
+    for (int k = 0; k < nt; k++) {
+        char what[160];
+        snprintf(what, sizeof what, "%s %s", op, t[k].name);
+        double e = fd_check(what, forward, ctx, r, nout, t[k].x, first[k], t[k].n, 256, seed + k);
+        worst = fmax(worst, e);
+        free(first[k]);
+    }
+    free(first);
+    // (3) guards
+    tbuf_check(r, nout, "dy");
+    tbuf_check(out, nout, "y");
+    for (int k = 0; k < nt; k++) {
+        tbuf_check(t[k].x, t[k].n, t[k].name);
+        tbuf_check(t[k].grad, t[k].n, t[k].name);
+    }
+    tbuf_free(r);
+    return worst;
+}
+
+int run_suite(Suite *s) {
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
