@@ -64,7 +64,7 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:%.c=$(BUILD)/%)
 TEST_UTIL_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(TEST_SRCS),$(wildcard tests/*.c)))
 
-.PHONY: all check bench demo clean
+.PHONY: all check run-tests bench demo deps clean
 all: msdiff $(BUILD)/libmsdiff.a
 
 # Objects depend on a stamp of the flags, so changing SANITIZE or NO_OMP rebuilds everything.
@@ -90,8 +90,16 @@ msdiff: $(BUILD)/common/msdiff.o $(BUILD)/libmsdiff.a
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL_OBJS) $(BUILD)/libmsdiff.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
 
+# check and demo first install missing Debian packages (.ci/install-deps), then build in a fresh
+# make so that pkg-config sees what was just installed.
+deps:
+	@./.ci/install-deps
+
+check: deps
+	@$(MAKE) --no-print-directory run-tests
+
 # Every suite runs even when an earlier one fails; the target fails if any did.
-check: all $(TEST_BINS)
+run-tests: all $(TEST_BINS)
 	@failed=0; for t in $(TEST_BINS); do \
 	  echo "== $$t"; $$t || failed=$$((failed + 1)); \
 	done; \
@@ -101,7 +109,8 @@ check: all $(TEST_BINS)
 bench:
 	@echo "make bench: no benchmarks yet (they arrive with the fast and cuda backends, see bench/README.md)"
 
-demo: all
+demo: deps
+	@$(MAKE) --no-print-directory all
 	@echo "make demo: not yet available: training and sampling are not implemented yet."
 	@echo "For now ./msdiff --help shows what the program can do."
 
