@@ -9,7 +9,7 @@
 # ref/ and tests/ are never built with -ffast-math: they are the oracle and its proof.
 
 CC ?= cc
-BUILD := build
+BUILD ?= build
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -pedantic -D_POSIX_C_SOURCE=200809L -MMD -MP
 LDLIBS := -lcjson -lm
 
