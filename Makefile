@@ -65,6 +65,7 @@ TEST_BINS := $(TEST_SRCS:%.c=$(BUILD)/%)
 TEST_UTIL_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(TEST_SRCS),$(wildcard tests/*.c)))
 
 .PHONY: all check run-tests bench demo deps clean
+.SECONDARY:
 all: msdiff $(BUILD)/libmsdiff.a
 
 # Objects depend on a stamp of the flags, so changing SANITIZE or NO_OMP rebuilds everything.

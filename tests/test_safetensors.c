@@ -1,0 +1,617 @@
+// test_safetensors.c: the safetensors reader and writer (common/safetensors.h).
+//
+// Holds: a bit-exact round trip with metadata, the 8-byte data alignment, loading the shared reference
+// dumps (tests/data/, or ../shared/testdata/ from the repo root), one test per kind of corrupt file
+// (each checks the -1 and a word of the message), the float32 getter's shape and dtype errors, F16 and
+// BF16 conversion of known values, and the atomic writer's failure paths (no .tmp and no file left).
+// Does not hold: model-specific checkpoint contents (the model tests check those names and shapes).
+// Temp files live in one mkdtemp directory under /tmp, removed at the end.
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/error.h"
+#include "../common/rng.h"
+#include "../common/safetensors.h"
+
+static char tmpdir[256]; // set by main before the suite runs (forked tests inherit it)
+
+static void tpath(char *buf, size_t cap, const char *name) { snprintf(buf, cap, "%s/%s", tmpdir, name); }
+
+static int exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static void write_bytes(const char *path, const void *bytes, size_t n) {
+    FILE *fp = fopen(path, "wb");
+    ck_assert_msg(fp != NULL, "cannot create test file %s: %s", path, strerror(errno));
+    ck_assert_msg(fwrite(bytes, 1, n, fp) == n, "short write to %s", path);
+    ck_assert_msg(fclose(fp) == 0, "close of %s failed", path);
+}
+
+// A safetensors file by hand into buf: u64 little-endian strlen(header), the header, data[0..data_len).
+static size_t raw_image(unsigned char *buf, size_t cap, const char *header, const void *data,
+                        size_t data_len) {
+    size_t hl = strlen(header);
+    ck_assert_msg(8 + hl + data_len <= cap, "test bug: a %zu-byte image", 8 + hl + data_len);
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+    memcpy(buf + 8, header, hl);
+    if (data_len) memcpy(buf + 8 + hl, data, data_len);
+    return 8 + hl + data_len;
+}
+
+static void write_raw(const char *path, const char *header, const void *data, size_t data_len) {
+    unsigned char buf[1024];
+    write_bytes(path, buf, raw_image(buf, sizeof buf, header, data, data_len));
+}
+
+// Write bytes[0..n) as a file, read it, and check -1, a message with `word` and the path, a zeroed *f.
+static void expect_fail_bytes(const void *bytes, size_t n, const char *what, const char *word) {
+    char path[512];
+    tpath(path, sizeof path, "corrupt.safetensors");
+    write_bytes(path, bytes, n);
+    struct msd_st_file f;
+    msd_clear_error();
+    int rc = msd_st_read(&f, path);
+    ck_assert_msg(rc == -1, "msd_st_read accepted %s (rc %d)", what, rc);
+    const char *msg = msd_last_error();
+    ck_assert_msg(strstr(msg, word) != NULL, "%s: message '%s' lacks '%s'", what, msg, word);
+    ck_assert_msg(strstr(msg, path) != NULL, "message '%s' does not name the file %s", msg, path);
+    ck_assert_msg(f.n_tensors == 0 && f.tensors == NULL && f.data == NULL && f.path == NULL,
+                  "*f not zeroed after a failed read");
+    msd_st_free(&f); // harmless on a zeroed struct
+    remove(path);
+}
+
+// The same for a file with this header and data_len zero bytes of data.
+static void expect_read_fails(const char *header, size_t data_len, const char *word) {
+    unsigned char buf[1024], zeros[64] = {0};
+    ck_assert_msg(data_len <= sizeof zeros, "test bug: data_len %zu", data_len);
+    expect_fail_bytes(buf, raw_image(buf, sizeof buf, header, zeros, data_len), header, word);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Round trip and alignment
+
+START_TEST(test_round_trip) {
+    // values chosen to catch any conversion: -0, a NaN payload, inf, a denormal, ordinary numbers
+    uint32_t special[6] = {0x80000000u, 0x7fc12345u, 0x7f800000u, 0x00000001u, 0x3f800000u, 0xc2f6e979u};
+    float w[2 * 3 * 3 * 3], b[6], s = 0.25f;
+    memcpy(b, special, sizeof b);
+    for (int i = 0; i < 54; i++) w[i] = (float)i * 0.37f - 9.0f;
+    struct msd_st_entry e[4] = {
+        {"net.w", 4, {2, 3, 3, 3}, w}, {"net.b", 1, {6}, b}, // w: (2, 3, 3, 3), b: (6)
+        {"scale", 0, {0}, &s}, {"empty", 2, {0, 5}, NULL},   // a scalar and an empty (0, 5)
+    };
+    const char *keys[2] = {"config", "note"}, *vals[2] = {"{\"a\": [1, 2]}", "quote \" back \\ nl \n tab \t"};
+    char path[512], tmp[520];
+    tpath(path, sizeof path, "rt.safetensors");
+    ck_assert_msg(msd_st_write(path, e, 4, keys, vals, 2) == 0, "write failed: %s", msd_last_error());
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    ck_assert_msg(!exists(tmp), "%s left behind after a successful write", tmp);
+
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "read back failed: %s", msd_last_error());
+    ck_assert_msg(f.n_tensors == 4, "read %d tensors, wrote 4", f.n_tensors);
+    for (int i = 0; i < 4; i++) {
+        const struct msd_st_tensor *t = &f.tensors[i];
+        ck_assert_msg(strcmp(t->name, e[i].name) == 0, "tensor %d is '%s', wrote '%s' (order lost)", i,
+                      t->name, e[i].name);
+        ck_assert_msg(strcmp(t->dtype, "F32") == 0, "tensor '%s' dtype %s, wrote F32", t->name, t->dtype);
+        ck_assert_msg(t->ndim == e[i].ndim, "tensor '%s' ndim %d, wrote %d", t->name, t->ndim, e[i].ndim);
+        for (int d = 0; d < t->ndim; d++)
+            ck_assert_msg(t->shape[d] == e[i].shape[d], "tensor '%s' dim %d is %lld, wrote %lld", t->name, d,
+                          (long long)t->shape[d], (long long)e[i].shape[d]);
+    }
+    float w2[54], b2[6], s2 = 0;
+    ck_assert_msg(msd_st_get_f32(&f, "net.w", 4, (int64_t[]){2, 3, 3, 3}, w2) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_st_get_f32(&f, "net.b", 1, (int64_t[]){6}, b2) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_st_get_f32(&f, "scale", 0, NULL, &s2) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_st_get_f32(&f, "empty", 2, (int64_t[]){0, 5}, NULL) == 0, "%s", msd_last_error());
+    ck_assert_msg(memcmp(w, w2, sizeof w) == 0, "net.w not bit-identical after the round trip");
+    ck_assert_msg(memcmp(b, b2, sizeof b) == 0, "net.b (-0, NaN payload, inf, denormal) not bit-identical");
+    ck_assert_msg(memcmp(&s, &s2, 4) == 0, "scalar 'scale' read %g, wrote %g", (double)s2, (double)s);
+    for (int i = 0; i < 2; i++) {
+        const char *v = msd_st_meta(&f, keys[i]);
+        ck_assert_msg(v && strcmp(v, vals[i]) == 0, "metadata '%s' read '%s', wrote '%s'", keys[i],
+                      v ? v : "(null)", vals[i]);
+    }
+    msd_st_free(&f);
+    msd_st_free(&f); // twice is safe
+    remove(path);
+}
+END_TEST
+
+START_TEST(test_data_aligned) {
+    // names of every length mod 8, with and without metadata, so every amount of padding occurs
+    float x[3] = {1, 2, 3};
+    char path[512], name[16];
+    tpath(path, sizeof path, "align.safetensors");
+    const char *k[1] = {"m"}, *v[1] = {"v"};
+    for (int len = 1; len <= 9; len++)
+        for (int n_meta = 0; n_meta <= 1; n_meta++) {
+            memset(name, 'a', (size_t)len);
+            name[len] = '\0';
+            struct msd_st_entry e = {name, 1, {3}, x};
+            ck_assert_msg(msd_st_write(path, &e, 1, k, v, n_meta) == 0, "write: %s", msd_last_error());
+            FILE *fp = fopen(path, "rb");
+            ck_assert_msg(fp != NULL, "cannot reopen %s", path);
+            unsigned char lb[8];
+            ck_assert_msg(fread(lb, 1, 8, fp) == 8, "short file %s", path);
+            fclose(fp);
+            uint64_t n = 0;
+            for (int i = 7; i >= 0; i--) n = (n << 8) | lb[i];
+            ck_assert_msg((8 + n) % 8 == 0, "name length %d, n_meta %d: data starts at byte %llu, not "
+                          "8-byte aligned", len, n_meta, (unsigned long long)(8 + n));
+            struct msd_st_file f;
+            ck_assert_msg(msd_st_read(&f, path) == 0, "padded file unreadable: %s", msd_last_error());
+            ck_assert_msg(f.data_len == sizeof x, "data_len %zu, expected %zu", f.data_len, sizeof x);
+            msd_st_free(&f);
+        }
+    remove(path);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// The shared reference dumps
+
+// tests/data/<name>, else ../shared/testdata/<name> (both relative to the repo root, where tests run).
+static const char *testdata(char *buf, size_t cap, const char *name) {
+    snprintf(buf, cap, "tests/data/%s", name);
+    if (exists(buf)) return buf;
+    snprintf(buf, cap, "../shared/testdata/%s", name);
+    ck_assert_msg(exists(buf), "test data %s not found in tests/data/ or ../shared/testdata/ (run the "
+                  "tests from the repo root)", name);
+    return buf;
+}
+
+static void check_reference_file(const char *name, int n_tensors, uint32_t first_weight_bits) {
+    char path[512];
+    testdata(path, sizeof path, name);
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "cannot load %s: %s", path, msd_last_error());
+    ck_assert_msg(f.n_tensors == n_tensors, "%s: %d tensors, expected %d", path, f.n_tensors, n_tensors);
+    const struct msd_st_tensor *t = msd_st_find(&f, "model.enc.8x8_conv.weight");
+    ck_assert_msg(t != NULL, "%s: no model.enc.8x8_conv.weight", path);
+    ck_assert_msg(t->ndim == 4 && t->shape[0] == 8 && t->shape[1] == 2 && t->shape[2] == 3 &&
+                      t->shape[3] == 3,
+                  "%s: model.enc.8x8_conv.weight is not [8, 2, 3, 3]", path);
+    float w[8 * 2 * 3 * 3];
+    ck_assert_msg(msd_st_get_f32(&f, t->name, 4, (int64_t[]){8, 2, 3, 3}, w) == 0, "%s", msd_last_error());
+    uint32_t bits;
+    memcpy(&bits, &w[0], 4);
+    ck_assert_msg(bits == first_weight_bits, "%s: first weight has bits 0x%08x, expected 0x%08x", path, bits,
+                  first_weight_bits);
+    const char *sig = msd_st_meta(&f, "sigmas");
+    ck_assert_msg(sig && strcmp(sig, "[0.3, 5.0]") == 0, "%s: metadata sigmas is '%s', expected '[0.3, 5.0]'",
+                  path, sig ? sig : "(null)");
+    ck_assert_msg(msd_st_meta(&f, "config") != NULL, "%s: no metadata 'config'", path);
+
+    // Rewrite every tensor with our writer and read it back: the same bytes under the same names.
+    struct msd_st_entry *e = calloc((size_t)f.n_tensors, sizeof *e);
+    ck_assert_msg(e != NULL, "calloc failed");
+    for (int i = 0; i < f.n_tensors; i++) {
+        ck_assert_msg(strcmp(f.tensors[i].dtype, "F32") == 0, "%s: %s is %s, expected F32", path,
+                      f.tensors[i].name, f.tensors[i].dtype);
+        e[i].name = f.tensors[i].name;
+        e[i].ndim = f.tensors[i].ndim;
+        memcpy(e[i].shape, f.tensors[i].shape, sizeof e[i].shape);
+        e[i].data = (const float *)(const void *)(f.data + f.tensors[i].begin); // begin is 4-aligned in F32
+    }
+    const char *keys[1] = {"sigmas"}, *vals[1] = {sig};
+    char out[512];
+    tpath(out, sizeof out, "rewrite.safetensors");
+    ck_assert_msg(msd_st_write(out, e, f.n_tensors, keys, vals, 1) == 0, "rewrite: %s", msd_last_error());
+    struct msd_st_file g;
+    ck_assert_msg(msd_st_read(&g, out) == 0, "reading the rewrite: %s", msd_last_error());
+    ck_assert_msg(g.n_tensors == f.n_tensors, "rewrite has %d tensors, expected %d", g.n_tensors,
+                  f.n_tensors);
+    for (int i = 0; i < f.n_tensors; i++) {
+        const struct msd_st_tensor *a = &f.tensors[i], *b = &g.tensors[i];
+        ck_assert_msg(strcmp(a->name, b->name) == 0 && a->end - a->begin == b->end - b->begin &&
+                          memcmp(f.data + a->begin, g.data + b->begin, a->end - a->begin) == 0,
+                      "rewrite differs at tensor %d '%s'", i, a->name);
+    }
+    msd_st_free(&g);
+    free(e);
+    msd_st_free(&f);
+    remove(out);
+}
+
+START_TEST(test_reference_unified) { check_reference_file("edm-tiny-unified.safetensors", 434, 3171182598u); }
+END_TEST
+
+START_TEST(test_reference_multistage) { check_reference_file("edm-tiny-ms.safetensors", 722, 3196539264u); }
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// Corrupt files: each must give -1 and a message that says what is wrong
+
+START_TEST(test_truncated_file) { expect_fail_bytes("\x10\0\0\0\0", 5, "a 5-byte file", "truncated"); }
+END_TEST
+
+START_TEST(test_header_length_past_end) {
+    unsigned char buf[8 + 10] = {0xe8, 0x03}; // claims a 1000-byte header, has 10 bytes
+    memcpy(buf + 8, "{}        ", 10);
+    expect_fail_bytes(buf, sizeof buf, "a header length past the end of file", "header length");
+    unsigned char huge[16] = {0, 0, 0, 0, 0, 0, 0, 0x40, '{', '}', ' ', ' ', ' ', ' ', ' ', ' '}; // 2^62
+    expect_fail_bytes(huge, sizeof huge, "a 2^62-byte header length", "absurd");
+}
+END_TEST
+
+START_TEST(test_header_not_json) { expect_read_fails("{\"a\": {\"dtype\": ", 0, "not valid JSON"); }
+END_TEST
+
+START_TEST(test_overlapping_offsets) {
+    expect_read_fails("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                      "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 16, "overlap");
+}
+END_TEST
+
+START_TEST(test_offset_out_of_range) {
+    expect_read_fails("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, "out of range");
+}
+END_TEST
+
+START_TEST(test_wrong_dtype) {
+    expect_read_fails("{\"a\":{\"dtype\":\"F33\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "dtype");
+}
+END_TEST
+
+START_TEST(test_size_mismatch) {
+    expect_read_fails("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "shape");
+}
+END_TEST
+
+// The other ways a header can be wrong, one loop iteration (and forked test) each.
+static const struct { const char *header; size_t data_len; const char *word; } MORE_CORRUPT[] = {
+    {"[1, 2]", 0, "not a JSON object"},
+    {"{}  x", 0, "trailing"},
+    {"{\"a\": 3}", 0, "not a JSON object"},
+    {"{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "dtype"},
+    {"{\"a\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "dtype"},
+    {"{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,8]}}", 8, "shape"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":\"2\",\"data_offsets\":[0,8]}}", 8, "shape"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "data_offsets"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, "shape dim 0"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,8]}}", 8, "shape dim 0"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,2],\"data_offsets\":[0,8]}}", 8, "9 dims"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", 8, "data_offsets"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8.5]}}", 8, "data_offsets"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}", 8, "data_offsets"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", 8, "begin > end"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[4503599627370496,4503599627370496],\"data_offsets\":[0,8]}}", 8,
+     "overflow"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+     "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "duplicate"},
+    {"{\"__metadata__\":{\"k\":1}}", 0, "__metadata__"},
+    {"{\"__metadata__\":[\"k\"]}", 0, "__metadata__"},
+    {"{\"__metadata__\":{},\"__metadata__\":{}}", 0, "twice"},
+};
+
+START_TEST(test_more_corrupt_headers) {
+    expect_read_fails(MORE_CORRUPT[_i].header, MORE_CORRUPT[_i].data_len, MORE_CORRUPT[_i].word);
+}
+END_TEST
+
+// Random damage to a valid file never crashes the reader (run under SANITIZE=1 to mean it): it either
+// fails with a message or loads a file whose every tensor lies inside the data buffer.
+START_TEST(test_random_damage_never_crashes) {
+    const uint64_t seed = 20240611;
+    float x[12];
+    for (int i = 0; i < 12; i++) x[i] = (float)i;
+    struct msd_st_entry e[3] = {{"a.w", 2, {2, 3}, x}, {"a.b", 1, {2}, x + 6}, {"c", 0, {0}, x + 8}};
+    const char *k[1] = {"config"}, *v[1] = {"{\"sigmas\": [0.3, 5.0]}"};
+    char path[512];
+    tpath(path, sizeof path, "damaged.safetensors");
+    ck_assert_msg(msd_st_write(path, e, 3, k, v, 1) == 0, "write: %s", msd_last_error());
+    unsigned char good[1024], bad[1024];
+    FILE *fp = fopen(path, "rb");
+    ck_assert_msg(fp != NULL, "cannot reopen %s", path);
+    size_t n = fread(good, 1, sizeof good, fp);
+    fclose(fp);
+    const char *near = "0123456789[]{},:\"-.e ";
+    uint64_t idx = 0;
+    for (int it = 0; it < 2000; it++) {
+        memcpy(bad, good, n);
+        size_t len = n, hdr_end = 8 + (size_t)good[0] + ((size_t)good[1] << 8);
+        uint32_t kind = msd_rng_u32(seed, MSD_STREAM_TEST, idx++) % 3;
+        if (kind == 0) { // truncate anywhere
+            len = msd_rng_u32(seed, MSD_STREAM_TEST, idx++) % n;
+        } else { // 1 to 4 bytes of the length or header: JSON-ish characters or any byte
+            int count = 1 + (int)(msd_rng_u32(seed, MSD_STREAM_TEST, idx++) % 4);
+            for (int c = 0; c < count; c++) {
+                size_t at = msd_rng_u32(seed, MSD_STREAM_TEST, idx++) % hdr_end;
+                uint32_t r = msd_rng_u32(seed, MSD_STREAM_TEST, idx++);
+                bad[at] = kind == 1 ? (unsigned char)near[r % strlen(near)] : (unsigned char)r;
+            }
+        }
+        write_bytes(path, bad, len);
+        struct msd_st_file f;
+        msd_clear_error();
+        int rc = msd_st_read(&f, path);
+        ck_assert_msg(rc == 0 || (rc == -1 && msd_last_error()[0] != '\0'),
+                      "seed %llu iteration %d: rc %d with message '%s'", (unsigned long long)seed, it, rc,
+                      msd_last_error());
+        for (int i = 0; rc == 0 && i < f.n_tensors; i++)
+            ck_assert_msg(f.tensors[i].begin <= f.tensors[i].end && f.tensors[i].end <= f.data_len,
+                          "seed %llu iteration %d: tensor '%s' outside the data buffer",
+                          (unsigned long long)seed, it, f.tensors[i].name);
+        msd_st_free(&f);
+    }
+    remove(path);
+}
+END_TEST
+
+START_TEST(test_missing_and_odd_files) {
+    struct msd_st_file f;
+    char path[512];
+    tpath(path, sizeof path, "does-not-exist.safetensors");
+    ck_assert_msg(msd_st_read(&f, path) == -1, "a missing file was accepted");
+    ck_assert_msg(strstr(msd_last_error(), "cannot open") && strstr(msd_last_error(), path),
+                  "message '%s' lacks 'cannot open' and the path", msd_last_error());
+    ck_assert_msg(msd_st_read(&f, tmpdir) == -1, "a directory was accepted as a file");
+    ck_assert_msg(strstr(msd_last_error(), "regular file"), "message '%s' lacks 'regular file'",
+                  msd_last_error());
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// The float32 getter
+
+static void read_small(struct msd_st_file *f, char *path, size_t cap) {
+    float x[6] = {1, 2, 3, 4, 5, 6};
+    struct msd_st_entry e = {"layer.weight", 2, {3, 2}, x};
+    tpath(path, cap, "small.safetensors");
+    ck_assert_msg(msd_st_write(path, &e, 1, NULL, NULL, 0) == 0, "write: %s", msd_last_error());
+    ck_assert_msg(msd_st_read(f, path) == 0, "read: %s", msd_last_error());
+}
+
+START_TEST(test_get_missing_tensor) {
+    struct msd_st_file f;
+    char path[512];
+    read_small(&f, path, sizeof path);
+    ck_assert_msg(msd_st_find(&f, "layer.bias") == NULL, "msd_st_find found a tensor that is not there");
+    float y[2];
+    ck_assert_msg(msd_st_get_f32(&f, "layer.bias", 1, (int64_t[]){2}, y) == -1, "a missing tensor was found");
+    const char *m = msd_last_error();
+    ck_assert_msg(strstr(m, "layer.bias") && strstr(m, "[2]") && strstr(m, path),
+                  "message '%s' should name the tensor, its expected shape [2] and the file", m);
+    ck_assert_msg(msd_st_meta(&f, "anything") == NULL, "metadata found in a file without any");
+    msd_st_free(&f);
+    remove(path);
+}
+END_TEST
+
+START_TEST(test_get_wrong_shape) {
+    struct msd_st_file f;
+    char path[512];
+    read_small(&f, path, sizeof path);
+    float y[6];
+    ck_assert_msg(msd_st_get_f32(&f, "layer.weight", 2, (int64_t[]){2, 3}, y) == -1,
+                  "[2, 3] accepted for [3, 2]");
+    const char *m = msd_last_error();
+    ck_assert_msg(strstr(m, "layer.weight") && strstr(m, "[2, 3]") && strstr(m, "[3, 2]") && strstr(m, "F32"),
+                  "message '%s' should name the tensor, the expected [2, 3], the found [3, 2] and F32", m);
+    ck_assert_msg(msd_st_get_f32(&f, "layer.weight", 1, (int64_t[]){6}, y) == -1, "[6] accepted for [3, 2]");
+    ck_assert_msg(strstr(msd_last_error(), "[6]"), "message '%s' lacks the expected [6]", msd_last_error());
+    msd_st_free(&f);
+    remove(path);
+}
+END_TEST
+
+START_TEST(test_get_unconvertible_dtype) {
+    char path[512];
+    tpath(path, sizeof path, "i32.safetensors");
+    int32_t v[2] = {7, -7};
+    write_raw(path, "{\"ids\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}", v, sizeof v);
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "an I32 tensor is valid: %s", msd_last_error());
+    float y[2];
+    ck_assert_msg(msd_st_get_f32(&f, "ids", 1, (int64_t[]){2}, y) == -1, "I32 read as float32");
+    ck_assert_msg(strstr(msd_last_error(), "dtype I32"), "message '%s' lacks 'dtype I32'", msd_last_error());
+    msd_st_free(&f);
+    remove(path);
+}
+END_TEST
+
+// Known half and bfloat16 bit patterns, each with its exact float32 value.
+START_TEST(test_f16_bf16_conversion) {
+    const uint16_t h[10] = {0x3c00, 0xc000, 0x3555, 0x7bff, 0x0001, 0x03ff, 0x0400, 0x8000, 0x7c00, 0xfc00};
+    const float hf[10] = {1.0f, -2.0f, 0.333251953125f, 65504.0f, 5.9604644775390625e-08f,
+                          6.097555160522461e-05f, 6.103515625e-05f, -0.0f, INFINITY, -INFINITY};
+    const uint16_t bf[4] = {0x3f80, 0xc040, 0x4049, 0x7fc0};
+    const float bff[3] = {1.0f, -3.0f, 3.140625f};
+    unsigned char data[2 * 14 + 2]; // one pad byte first so the BF16 tensor starts at an odd offset
+    for (int i = 0; i < 10; i++) { // little-endian halves
+        data[2 * i] = (unsigned char)(h[i] & 0xff);
+        data[2 * i + 1] = (unsigned char)(h[i] >> 8);
+    }
+    data[20] = 0;
+    for (int i = 0; i < 4; i++) {
+        data[21 + 2 * i] = (unsigned char)(bf[i] & 0xff);
+        data[22 + 2 * i] = (unsigned char)(bf[i] >> 8);
+    }
+    char path[512];
+    tpath(path, sizeof path, "half.safetensors");
+    write_raw(path, "{\"h\":{\"dtype\":\"F16\",\"shape\":[2,5],\"data_offsets\":[0,20]},"
+                    "\"b\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[21,29]}}", data, 29);
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "read: %s", msd_last_error());
+    float y[10];
+    ck_assert_msg(msd_st_get_f32(&f, "h", 2, (int64_t[]){2, 5}, y) == 0, "%s", msd_last_error());
+    for (int i = 0; i < 10; i++)
+        ck_assert_msg(memcmp(&y[i], &hf[i], 4) == 0, "F16 0x%04x gave %.10g, expected %.10g", h[i],
+                      (double)y[i], (double)hf[i]);
+    ck_assert_msg(msd_st_get_f32(&f, "b", 1, (int64_t[]){4}, y) == 0, "%s", msd_last_error());
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(y[i] == bff[i], "BF16 0x%04x gave %.10g, expected %.10g", bf[i], (double)y[i],
+                      (double)bff[i]);
+    ck_assert_msg(isnan(y[3]), "BF16 0x7fc0 gave %g, expected NaN", (double)y[3]);
+    msd_st_free(&f);
+    remove(path);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// The atomic writer
+
+// How many entries the temp directory holds (besides . and ..).
+static int count_dir_entries(void) {
+    DIR *d = opendir(tmpdir);
+    ck_assert_msg(d != NULL, "cannot list %s", tmpdir);
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d)) != NULL;)
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) n++;
+    closedir(d);
+    return n;
+}
+
+START_TEST(test_atomic_write_leaves_no_tmp) {
+    float x[2] = {1, 2}, y[2];
+    struct msd_st_entry e = {"x", 1, {2}, x};
+    char path[512], tmp[520];
+    tpath(path, sizeof path, "atomic.safetensors");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int before = count_dir_entries();
+    for (int round = 0; round < 2; round++) { // the second write replaces the first
+        x[0] = (float)round;
+        ck_assert_msg(msd_st_write(path, &e, 1, NULL, NULL, 0) == 0, "round %d: %s", round, msd_last_error());
+        ck_assert_msg(!exists(tmp), "round %d: %s left behind", round, tmp);
+        ck_assert_msg(count_dir_entries() == before + 1, "round %d: expected exactly one new file", round);
+    }
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "read: %s", msd_last_error());
+    ck_assert_msg(msd_st_get_f32(&f, "x", 1, (int64_t[]){2}, y) == 0 && y[0] == 1.0f,
+                  "the overwrite did not take: x[0] = %g, expected 1", (double)y[0]);
+    msd_st_free(&f);
+    remove(path);
+}
+END_TEST
+
+START_TEST(test_write_unwritable_dir) {
+    // A path under a regular file: no one can create it, root included (a chmod'd directory would not
+    // stop root, which is how CI containers often run).
+    float x[1] = {1};
+    struct msd_st_entry e = {"x", 1, {1}, x};
+    char blocker[512], path[600], tmp[610];
+    tpath(blocker, sizeof blocker, "not-a-dir");
+    write_bytes(blocker, "x", 1);
+    snprintf(path, sizeof path, "%s/ckpt.safetensors", blocker);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    ck_assert_msg(msd_st_write(path, &e, 1, NULL, NULL, 0) == -1, "writing under a regular file succeeded");
+    ck_assert_msg(strstr(msd_last_error(), "cannot create") && strstr(msd_last_error(), path),
+                  "message '%s' lacks 'cannot create' and the path", msd_last_error());
+    ck_assert_msg(!exists(path) && !exists(tmp), "a file was left at %s or %s", path, tmp);
+    remove(blocker);
+}
+END_TEST
+
+START_TEST(test_write_rename_fails) {
+    // The target is a non-empty directory: the temp file is written, the rename fails, the temp goes.
+    float x[1] = {1};
+    struct msd_st_entry e = {"x", 1, {1}, x};
+    char dir[512], inner[600], tmp[520];
+    tpath(dir, sizeof dir, "target-dir");
+    ck_assert_msg(mkdir(dir, 0700) == 0, "mkdir %s: %s", dir, strerror(errno));
+    snprintf(inner, sizeof inner, "%s/keep", dir);
+    write_bytes(inner, "k", 1);
+    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    ck_assert_msg(msd_st_write(dir, &e, 1, NULL, NULL, 0) == -1, "renaming over a directory succeeded");
+    ck_assert_msg(strstr(msd_last_error(), "rename"), "message '%s' lacks 'rename'", msd_last_error());
+    ck_assert_msg(!exists(tmp), "%s left behind after a failed rename", tmp);
+    ck_assert_msg(exists(inner), "the directory at the target was disturbed");
+    remove(inner);
+    rmdir(dir);
+}
+END_TEST
+
+START_TEST(test_write_bad_entries) {
+    float x[2] = {1, 2};
+    char path[512], tmp[520];
+    tpath(path, sizeof path, "bad.safetensors");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    struct msd_st_entry dup[2] = {{"x", 1, {2}, x}, {"x", 1, {2}, x}};
+    struct msd_st_entry nine = {"x", 9, {1, 1, 1, 1, 1, 1, 1, 1}, x};
+    struct msd_st_entry null_data = {"x", 1, {2}, NULL};
+    struct msd_st_entry neg = {"x", 2, {2, -1}, x};
+    const char *keys[2] = {"k", "k"}, *vals[2] = {"a", "b"};
+    struct { const struct msd_st_entry *e; int n, n_meta; const char *word; } cases[] = {
+        {dup, 2, 0, "duplicate tensor"}, {&nine, 1, 0, "9 dims"}, {&null_data, 1, 0, "NULL data"},
+        {&neg, 1, 0, "negative"},        {dup, 1, 2, "duplicate metadata"},
+    };
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+        ck_assert_msg(msd_st_write(path, cases[i].e, cases[i].n, keys, vals, cases[i].n_meta) == -1,
+                      "case %d (%s) was written", i, cases[i].word);
+        ck_assert_msg(strstr(msd_last_error(), cases[i].word), "case %d: message '%s' lacks '%s'", i,
+                      msd_last_error(), cases[i].word);
+        ck_assert_msg(!exists(path) && !exists(tmp), "case %d left %s or its .tmp behind", i, path);
+    }
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+
+// Remove the temp directory and whatever a failed test left in it (one level of subdirectories).
+static void remove_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char p[1024];
+    for (struct dirent *de; (de = readdir(d)) != NULL;) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        struct stat st;
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
+        else remove(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/msd-test-safetensors-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        fprintf(stderr, "test_safetensors: mkdtemp failed: %s\n", strerror(errno));
+        return 1;
+    }
+    Suite *s = suite_create("safetensors");
+    TCase *tc = tcase_create("safetensors");
+    tcase_add_test(tc, test_round_trip);
+    tcase_add_test(tc, test_data_aligned);
+    tcase_add_test(tc, test_reference_unified);
+    tcase_add_test(tc, test_reference_multistage);
+    tcase_add_test(tc, test_truncated_file);
+    tcase_add_test(tc, test_header_length_past_end);
+    tcase_add_test(tc, test_header_not_json);
+    tcase_add_test(tc, test_overlapping_offsets);
+    tcase_add_test(tc, test_offset_out_of_range);
+    tcase_add_test(tc, test_wrong_dtype);
+    tcase_add_test(tc, test_size_mismatch);
+    int n_corrupt = (int)(sizeof MORE_CORRUPT / sizeof MORE_CORRUPT[0]);
+    tcase_add_loop_test(tc, test_more_corrupt_headers, 0, n_corrupt);
+    tcase_add_test(tc, test_random_damage_never_crashes);
+    tcase_add_test(tc, test_missing_and_odd_files);
+    tcase_add_test(tc, test_get_missing_tensor);
+    tcase_add_test(tc, test_get_wrong_shape);
+    tcase_add_test(tc, test_get_unconvertible_dtype);
+    tcase_add_test(tc, test_f16_bf16_conversion);
+    tcase_add_test(tc, test_atomic_write_leaves_no_tmp);
+    tcase_add_test(tc, test_write_unwritable_dir);
+    tcase_add_test(tc, test_write_rename_fails);
+    tcase_add_test(tc, test_write_bad_entries);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    remove_tree(tmpdir);
+    return failed == 0 ? 0 : 1;
+}
