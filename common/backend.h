@@ -125,6 +125,18 @@ struct msd_backend {
     void (*bias_add_backward)(float *dbias, const float *dy, int N, int C, int HW);
 
     // ---------------------------------------------------------------------------------------------
+    // Per-sample rows: a tensor viewed as (N, M), M = C*H*W, scaled by per-sample scalars. These
+    // carry the preconditioning, the loss and the sampler updates. Linear, so each is its own
+    // backward. In place allowed.
+    // scale_rows: y[n, i] = s[n] x[n, i].  y, x: (N, M)  s: (N)
+    void (*scale_rows)(float *y, const float *x, const float *s, int N, size_t M);
+    // combine_rows: y[n, i] = a[n] x[n, i] + b[n] z[n, i].  y, x, z: (N, M)  a, b: (N)
+    void (*combine_rows)(float *y, const float *a, const float *x, const float *b, const float *z,
+                         int N, size_t M);
+    // sqerr_rows: out[n] = sum_i (x[n, i] - z[n, i])^2, accumulated in double.  out: (N)  x, z: (N, M)
+    void (*sqerr_rows)(float *out, const float *x, const float *z, int N, size_t M);
+
+    // ---------------------------------------------------------------------------------------------
     // Optimiser. Adam as PyTorch computes it (no weight decay), with the bias corrections of step
     // `step` (1 for the first update):
     //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
@@ -149,8 +161,8 @@ struct msd_backend {
     X(up2_backward) X(groupnorm_forward) X(groupnorm_backward) X(linear_forward) \
     X(linear_backward) X(silu_forward) X(silu_backward) X(attention_forward) X(attention_backward) \
     X(posemb_forward) X(dropout_forward) X(dropout_backward) X(concat_forward) X(concat_backward) \
-    X(add) X(scale) X(axpby) X(bias_add_forward) X(bias_add_backward) X(adam) X(ema) X(nan_to_num) \
-    X(sumsq)
+    X(add) X(scale) X(axpby) X(bias_add_forward) X(bias_add_backward) X(scale_rows) \
+    X(combine_rows) X(sqerr_rows) X(adam) X(ema) X(nan_to_num) X(sumsq)
 #define MSD_COUNT_OP(op) +1
 _Static_assert(sizeof(struct msd_backend) ==
                    sizeof(const char *) + (0 MSD_BACKEND_OPS(MSD_COUNT_OP)) * sizeof(void (*)(void)),

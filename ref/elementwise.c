@@ -1,4 +1,5 @@
-// ref/elementwise.c: SiLU, channel concat/split, add, scale, axpby, per-(sample, channel) bias.
+// ref/elementwise.c: SiLU, channel concat/split, add, scale, axpby, per-(sample, channel) bias, and
+// the per-sample row ops (scale_rows, combine_rows, sqerr_rows).
 //
 // Contract of ref/: scalar C11, no intrinsics, no fast-math, readable first; reductions in double;
 // only `#pragma omp parallel for` over independent outputs; no allocation.
@@ -89,5 +90,39 @@ void ref_bias_add_backward(float *dbias, const float *dy, int N, int C, int HW) 
         double acc = 0.0;
         for (int p = 0; p < HW; p++) acc += dy[(size_t)nc * HW + p];
         dbias[nc] = (float)acc;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Per-sample rows: the preconditioning c_in x, c_skip x + c_out F, and the loss (D - y)^2.
+
+void ref_scale_rows(float *y, const float *x, const float *s, int N, size_t M) {
+    // y, x: (N, M)  s: (N)
+#pragma omp parallel for
+    for (int n = 0; n < N; n++)
+        for (size_t i = 0; i < M; i++) y[(size_t)n * M + i] = s[n] * x[(size_t)n * M + i];
+}
+
+void ref_combine_rows(float *y, const float *a, const float *x, const float *b, const float *z, int N,
+                      size_t M) {
+    // y, x, z: (N, M)  a, b: (N)
+#pragma omp parallel for
+    for (int n = 0; n < N; n++)
+        for (size_t i = 0; i < M; i++) {
+            size_t k = (size_t)n * M + i;
+            y[k] = (float)((double)a[n] * x[k] + (double)b[n] * z[k]);
+        }
+}
+
+void ref_sqerr_rows(float *out, const float *x, const float *z, int N, size_t M) {
+    // out: (N)  x, z: (N, M)
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        double acc = 0.0;
+        for (size_t i = 0; i < M; i++) {
+            double d = (double)x[(size_t)n * M + i] - z[(size_t)n * M + i];
+            acc += d * d;
+        }
+        out[n] = (float)acc;
     }
 }

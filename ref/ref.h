@@ -66,6 +66,10 @@ void ref_scale(float *y, const float *x, float s, size_t n);
 void ref_axpby(float *y, float a, const float *x, float b, size_t n);
 void ref_bias_add_forward(float *y, const float *x, const float *bias, int N, int C, int HW);
 void ref_bias_add_backward(float *dbias, const float *dy, int N, int C, int HW);
+void ref_scale_rows(float *y, const float *x, const float *s, int N, size_t M);
+void ref_combine_rows(float *y, const float *a, const float *x, const float *b, const float *z, int N,
+                      size_t M);
+void ref_sqerr_rows(float *out, const float *x, const float *z, int N, size_t M);
 
 // optim.c
 void ref_adam(float *p, float *m, float *v, const float *g, float lr, float beta1, float beta2,

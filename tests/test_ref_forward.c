@@ -269,6 +269,24 @@ START_TEST(elementwise_known) {
 }
 END_TEST
 
+// Per-sample rows: two samples of three values with their own scalars.
+START_TEST(rows_known) {
+    float x[6] = {1, 2, 3, 4, 5, 6}, z[6] = {1, 1, 1, 2, 2, 2}, s[2] = {2, -1}, t[2] = {0.5f, 3};
+    float *y = tbuf_new(6), out[2];
+    be->scale_rows(y, x, s, 2, 3);
+    const double sr[6] = {2, 4, 6, -4, -5, -6};
+    expect(y, sr, 6, 0, "scale_rows");
+    be->combine_rows(y, s, x, t, z, 2, 3); // s[n] x + t[n] z
+    const double cr[6] = {2.5, 4.5, 6.5, 2, 1, 0};
+    expect(y, cr, 6, 0, "combine_rows");
+    be->sqerr_rows(out, x, z, 2, 3);
+    const double se[2] = {0 + 1 + 4, 4 + 9 + 16};
+    expect(out, se, 2, 0, "sqerr_rows");
+    tbuf_check(y, 6, "y");
+    tbuf_free(y);
+}
+END_TEST
+
 // ---------------------------------------------------------------------------------------------------
 // optimiser ops
 
@@ -367,6 +385,7 @@ int main(void) {
     tcase_add_test(tc, attention_known);
     tcase_add_test(tc, dropout_mask);
     tcase_add_test(tc, elementwise_known);
+    tcase_add_test(tc, rows_known);
     tcase_add_test(tc, adam_known);
     tcase_add_test(tc, ema_nan_sumsq_known);
     tcase_add_test(tc, memory_roundtrip);
