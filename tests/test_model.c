@@ -1,0 +1,155 @@
+// test_model.c: the U-Net against the outside world: parameter and multiply-add counts of the
+// paper's networks, and the reference dumps of EDM's and the authors' own PyTorch classes
+// (tests/data/README.md): D(x; sigma), the EDM loss and every gradient, for a unified and a
+// multistage network.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/backend.h"
+#include "../common/checkpoint.h"
+#include "../common/error.h"
+#include "../common/model.h"
+#include "../common/precond.h"
+#include "../common/safetensors.h"
+#include "testutil.h"
+
+static const struct msd_backend *be = &msd_backend_ref;
+
+// ---------------------------------------------------------------------------------------------------
+// Counts (PAPER.md section 2, measured on the authors' PyTorch classes)
+
+static void check_counts(const char *preset, size_t params, const uint64_t *macs) {
+    struct msd_config cfg;
+    ck_assert_msg(msd_config_preset(&cfg, preset) == 0, "%s", msd_last_error());
+    struct msd_model m;
+    ck_assert_msg(msd_model_create(&m, &cfg, be) == 0, "%s: %s", preset, msd_last_error());
+    struct msd_counts c;
+    msd_model_count(&m, &c);
+    ck_assert_msg(c.total == params, "%s: %zu parameters, want %zu", preset, c.total, params);
+    size_t sum = c.shared;
+    for (int s = 0; s < cfg.n_stages; s++) {
+        sum += c.stage[s];
+        ck_assert_msg(c.macs[s] == macs[s], "%s stage %d: %llu MAC, want %llu", preset, s,
+                      (unsigned long long)c.macs[s], (unsigned long long)macs[s]);
+    }
+    ck_assert_msg(sum == c.total, "%s: shared + stages = %zu, total %zu", preset, sum, c.total);
+    msd_model_free(&m);
+}
+
+START_TEST(paper_counts) {
+    check_counts("cifar10", 55732739, (uint64_t[]){21190213632ull});
+    check_counts("cifar10-ms", 128792233, (uint64_t[]){35750150144ull, 21190213632ull, 7725498368ull});
+    check_counts("mini", 1752993, (uint64_t[]){340216960ull});
+    check_counts("mini-ms", 4325179, (uint64_t[]){604495232ull, 340216960ull, 120481792ull});
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// Reference dumps
+
+static const char *data_path(const char *file) {
+    static char path[256];
+    snprintf(path, sizeof path, "tests/data/%s", file);
+    return path;
+}
+
+static float *read_tensor(const struct msd_st_file *f, const char *name, size_t *n) {
+    const struct msd_st_tensor *t = msd_st_find(f, name);
+    ck_assert_msg(t != NULL, "%s: no tensor %s", f->path, name);
+    size_t count = 1;
+    for (int d = 0; d < t->ndim; d++) count *= (size_t)t->shape[d];
+    float *x = tbuf_new(count);
+    ck_assert_msg(msd_st_get_f32(f, name, t->ndim, t->shape, x) == 0, "%s", msd_last_error());
+    if (n) *n = count;
+    return x;
+}
+
+// max |got - want| <= rel * max |want|, the bound DESIGN.md section 8 sets for the reference dumps
+static void check_rel(const float *got, const float *want, size_t n, double rel, const char *what) {
+    double scale = 0, err = 0;
+    size_t worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        scale = fmax(scale, fabs(want[i]));
+        double e = fabs((double)got[i] - want[i]);
+        if (!(e <= err)) err = e, worst = i; // NaN counts as the worst
+    }
+    ck_assert_msg(err <= rel * scale, "%s: max abs err %.3g > %.0e x max |ref| %.3g at [%zu] (got %.9g, ref %.9g)",
+                  what, err, rel, scale, worst, got[worst], want[worst]);
+}
+
+static void check_reference(const char *file, const char *preset, int expect_stages) {
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, data_path(file)) == 0, "%s", msd_last_error());
+    struct msd_config cfg;
+    ck_assert(msd_config_preset(&cfg, preset) == 0);
+    ck_assert_int_eq(cfg.n_stages, expect_stages);
+    struct msd_model m;
+    ck_assert_msg(msd_model_create(&m, &cfg, be) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_model_load_tensors(&m, &f) == 0, "%s", msd_last_error());
+    size_t ny;
+    float *y = read_tensor(&f, "y", &ny), *noise = read_tensor(&f, "n", NULL);
+    const int N = 3;
+    ck_assert(msd_model_plan(&m, N, true) == 0);
+    const double sigmas[2] = {0.3, 5.0};
+    float *x = tbuf_new(ny), *D = tbuf_new(ny), *dx = tbuf_new(ny), *g = tbuf_new(m.n_floats);
+    struct msd_forward_opts o = {false, 0};
+    for (int c = 0; c < 2; c++) {
+        char name[200], what[256];
+        double sigma[3] = {sigmas[c], sigmas[c], sigmas[c]};
+        for (size_t i = 0; i < ny; i++) x[i] = (float)(y[i] + sigmas[c] * noise[i]);
+        // D(y + sigma n; sigma)
+        ck_assert(msd_denoise_forward(&m, D, x, sigma, &o) == 0);
+        snprintf(name, sizeof name, "case%d.D", c);
+        float *Dref = read_tensor(&f, name, NULL);
+        snprintf(what, sizeof what, "%s %s", file, name);
+        check_rel(D, Dref, ny, 1e-5, what);
+        // loss and gradients
+        be->fill(m.grad, 0.0f, m.n_floats);
+        double loss = msd_loss(&m, y, noise, sigma, true, dx, NULL, &o);
+        snprintf(name, sizeof name, "case%d.loss", c);
+        float *lref = read_tensor(&f, name, NULL);
+        ck_assert_msg(fabs(loss - lref[0]) <= 1e-5 * fabs(lref[0]), "%s %s: %.9g, ref %.9g", file, name,
+                      loss, lref[0]);
+        snprintf(name, sizeof name, "case%d.grad.x", c);
+        float *gx = read_tensor(&f, name, NULL);
+        snprintf(what, sizeof what, "%s %s", file, name);
+        check_rel(dx, gx, ny, 1e-4, what);
+        be->download(g, m.grad, m.n_floats);
+        const int stage = msd_config_stage_of(&cfg, sigmas[c]);
+        for (int k = 0; k < m.n_params; k++) {
+            const struct msd_param *p = &m.params[k];
+            snprintf(name, sizeof name, "case%d.grad.%s", c, p->name);
+            float *gref = read_tensor(&f, name, NULL);
+            snprintf(what, sizeof what, "%s %s", file, name);
+            check_rel(g + p->offset, gref, p->numel, 1e-4, what);
+            if (p->owner != MSD_OWNER_SHARED && p->owner != stage)
+                for (size_t i = 0; i < p->numel; i++)
+                    ck_assert_msg(g[p->offset + i] == 0.0f, "%s: inactive decoder has gradient %g", what,
+                                  g[p->offset + i]);
+            tbuf_free(gref);
+        }
+        tbuf_free(Dref), tbuf_free(lref), tbuf_free(gx);
+    }
+    tbuf_free(x), tbuf_free(D), tbuf_free(dx), tbuf_free(g), tbuf_free(y), tbuf_free(noise);
+    msd_model_free(&m);
+    msd_st_free(&f);
+}
+
+START_TEST(reference_unified) { check_reference("edm-tiny-unified.safetensors", "tiny", 1); }
+END_TEST
+
+START_TEST(reference_multistage) { check_reference("edm-tiny-ms.safetensors", "tiny-ms", 2); }
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("reference");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, paper_counts);
+    tcase_add_test(tc, reference_unified);
+    tcase_add_test(tc, reference_multistage);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
