@@ -39,7 +39,7 @@ static const float quarter_filter[4] = {0.25f, 0.25f, 0.25f, 0.25f};
 static void add_filter(const char *name, void *ctx) {
     struct save_ctx *s = ctx;
     struct msd_st_entry *e = &s->entries[s->n++];
-    e->name = strdup(name);
+    e->name = xstrdup(name);
     e->ndim = 4;
     e->shape[0] = e->shape[1] = 1;
     e->shape[2] = e->shape[3] = 2;
@@ -54,7 +54,7 @@ int msd_checkpoint_save(const struct msd_model *m, const char *path, const char 
     for (int i = 0; i < m->n_params; i++) {
         const struct msd_param *p = &m->params[i];
         struct msd_st_entry *e = &s.entries[s.n++];
-        e->name = strdup(p->name);
+        e->name = xstrdup(p->name);
         e->ndim = p->ndim;
         for (int d = 0; d < p->ndim; d++) e->shape[d] = p->shape[d];
         e->data = host + p->offset;
@@ -99,6 +99,16 @@ static void check_filter(const char *name, void *ctx) {
     }
 }
 
+struct filter_match {
+    const char *name;
+    int hit;
+};
+
+static void match_filter(const char *name, void *ctx) {
+    struct filter_match *q = ctx;
+    q->hit |= strcmp(name, q->name) == 0;
+}
+
 int msd_model_load_tensors(struct msd_model *m, const struct msd_st_file *f) {
     float *host = xmalloc(m->n_floats * sizeof(float));
     for (int i = 0; i < m->n_params; i++) {
@@ -126,7 +136,9 @@ int msd_model_load_tensors(struct msd_model *m, const struct msd_st_file *f) {
         for (int i = 0; i < f->n_tensors; i++) {
             const char *name = f->tensors[i].name;
             if (strncmp(name, "model.", 6) || msd_model_find(m, name)) continue;
-            if (strstr(name, ".resample_filter")) continue;
+            struct filter_match q = {name, 0};
+            for_each_resample_filter(m, match_filter, &q);
+            if (q.hit) continue; // one of ours, counted in fc.found
             free(host);
             return msd_set_error("checkpoint '%s': unexpected tensor '%s': the config in the file does not "
                                  "have it (is the config metadata from another network?)",

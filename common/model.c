@@ -244,6 +244,12 @@ int msd_model_create(struct msd_model *m, const struct msd_config *cfg, const st
         }
     }
     m->w = be->alloc(m->n_floats);
+    if (!m->w) {
+        size_t n = m->n_floats;
+        msd_model_free(m);
+        return msd_set_error("cannot allocate %.1f MB for the %zu parameters on backend %s", n * 4.0 / 1e6, n,
+                             be->name);
+    }
     return 0;
 }
 

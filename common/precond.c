@@ -53,6 +53,13 @@ static struct msd_dbufs *dbufs(struct msd_model *m, int N) {
     float **imgs[] = {&d->x_in, &d->F, &d->x, &d->D, &d->dF, &d->dx_in, &d->dD};
     for (size_t i = 0; i < sizeof imgs / sizeof imgs[0]; i++) *imgs[i] = m->be->alloc(M);
     m->dbufs = d;
+    for (size_t i = 0; i < sizeof imgs / sizeof imgs[0]; i++)
+        if (!*imgs[i]) {
+            msd_denoiser_release(m);
+            msd_set_error("cannot allocate %.1f MB for the denoiser's buffers at batch %d (try a smaller "
+                          "--batch)", 7 * M * 4.0 / 1e6, N);
+            return NULL;
+        }
     return d;
 }
 
@@ -120,6 +127,7 @@ int msd_denoise_forward(struct msd_model *m, float *D, const float *x, const dou
                         const struct msd_forward_opts *o) {
     const int N = msd_model_batch(m);
     struct msd_dbufs *d = dbufs(m, N);
+    if (!d) return -1;
     const size_t M = image_floats(m);
     const int stage = msd_batch_stage(&m->cfg, sigma, N);
     if (stage < 0) return -1;
@@ -151,6 +159,7 @@ double msd_loss(struct msd_model *m, const float *y, const float *n, const doubl
                 float *dx, double *per_sample, const struct msd_forward_opts *o) {
     const int N = msd_model_batch(m);
     struct msd_dbufs *d = dbufs(m, N);
+    if (!d) return NAN;
     const size_t M = image_floats(m);
     // x = y + sigma n
     for (int i = 0; i < N; i++) d->vec[i] = 1.0f;

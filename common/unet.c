@@ -185,6 +185,7 @@ int msd_model_plan(struct msd_model *m, int N, bool with_grad) {
     m->acts = A;
     if (with_grad && !m->grad) {
         m->grad = m->be->alloc(m->n_floats);
+        if (!m->grad) return msd_set_error("cannot allocate %.1f MB of gradients", m->n_floats * 4.0 / 1e6);
         m->be->fill(m->grad, 0.0f, m->n_floats);
     }
     return 0;

@@ -54,3 +54,10 @@ void msd_fwrite_at(const void *src, size_t size, size_t count, FILE *f, const ch
         msd_fatal(file, line, "wrote %zu of %zu items of %zu bytes: %s (hint: is the disk full?)", put,
                   count, size, strerror(errno));
 }
+
+char *msd_strdup_at(const char *s, const char *file, int line) {
+    size_t n = strlen(s) + 1;
+    char *d = msd_malloc_at(n, file, line);
+    memcpy(d, s, n);
+    return d;
+}

@@ -25,12 +25,14 @@ void *msd_malloc_at(size_t bytes, const char *file, int line);
 void *msd_calloc_at(size_t count, size_t size, const char *file, int line);
 FILE *msd_fopen_at(const char *path, const char *mode, const char *file, int line);
 void msd_fread_at(void *dst, size_t size, size_t count, FILE *f, const char *file, int line);
+char *msd_strdup_at(const char *s, const char *file, int line);
 void msd_fwrite_at(const void *src, size_t size, size_t count, FILE *f, const char *file, int line);
 
 #define xmalloc(bytes) msd_malloc_at((bytes), __FILE__, __LINE__)
 #define xcalloc(count, size) msd_calloc_at((count), (size), __FILE__, __LINE__)
 #define xfopen(path, mode) msd_fopen_at((path), (mode), __FILE__, __LINE__)
 #define xfread(dst, size, count, f) msd_fread_at((dst), (size), (count), (f), __FILE__, __LINE__)
+#define xstrdup(s) msd_strdup_at((s), __FILE__, __LINE__)
 #define xfwrite(src, size, count, f) msd_fwrite_at((src), (size), (count), (f), __FILE__, __LINE__)
 
 #endif

@@ -1,0 +1,571 @@
+// test_cli.c: the msdiff program from the outside: it runs the built ./msdiff (tests run from the
+// repository root; make builds ./msdiff first) and checks exit statuses, what it prints and the
+// files it writes. info against the paper's counts, init's determinism and its round trip through
+// info --model, denoise against msd_denoise_forward called in this process (bit for bit), and every
+// bad command line a user is likely to type. Also the strict number parsing of common/cli.h.
+#include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../common/checkpoint.h"
+#include "../common/cli.h"
+#include "../common/config.h"
+#include "../common/error.h"
+#include "../common/precond.h"
+#include "../common/safetensors.h"
+#include "testutil.h"
+
+// ---------------------------------------------------------------------------------------------------
+// A temporary directory per test case (made and removed outside the forked tests), and running the
+// program with its output captured.
+
+static char tmpdir[64];
+
+static void make_tmpdir(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/msdiff-test-cli-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
+static void remove_tmpdir(void) {
+    DIR *d = opendir(tmpdir);
+    if (!d) return;
+    char path[512];
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(path, sizeof path, "%s/%s", tmpdir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(tmpdir);
+}
+
+// tmpdir/name, in one of 64 rotating buffers: a test holds a handful of paths at once.
+static const char *tpath(const char *name) {
+    static char buf[64][256];
+    static int k;
+    char *p = buf[k++ % 64];
+    snprintf(p, 256, "%s/%s", tmpdir, name);
+    return p;
+}
+
+static char *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    ck_assert_msg(s && fread(s, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
+    s[n] = '\0';
+    fclose(f);
+    if (len) *len = (size_t)n;
+    return s;
+}
+
+static bool exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+struct run {
+    int status; // the exit status, or 128 + the signal
+    char *out, *err;
+    char line[512]; // the command line, for messages
+};
+
+// Run ./msdiff with the NULL-terminated arguments.
+static struct run msdiff(const char *arg, ...) {
+    const char *argv[40] = {"./msdiff"};
+    struct run r = {0};
+    int argc = 1;
+    size_t len = (size_t)snprintf(r.line, sizeof r.line, "msdiff");
+    va_list ap;
+    va_start(ap, arg);
+    for (const char *a = arg; a && argc < 39; a = va_arg(ap, const char *)) {
+        argv[argc++] = a;
+        if (len < sizeof r.line) len += (size_t)snprintf(r.line + len, sizeof r.line - len, " %s", a);
+    }
+    va_end(ap);
+    argv[argc] = NULL;
+    char out[256], err[256]; // not from tpath: every run would use up two of its buffers
+    snprintf(out, sizeof out, "%s/stdout.txt", tmpdir);
+    snprintf(err, sizeof err, "%s/stderr.txt", tmpdir);
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_msg(pid >= 0, "fork failed");
+    if (pid == 0) {
+        int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0) _exit(126);
+        execv("./msdiff", (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    ck_assert_msg(waitpid(pid, &st, 0) == pid, "waitpid failed");
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    ck_assert_msg(r.status != 127, "could not run ./msdiff (run the tests from the repository root after make)");
+    r.out = read_all(out, NULL);
+    r.err = read_all(err, NULL);
+    return r;
+}
+
+static void run_free(struct run *r) {
+    free(r->out);
+    free(r->err);
+}
+
+static void expect_ok(const struct run *r) {
+    ck_assert_msg(r->status == 0, "'%s' exited with %d, want 0; stderr: %s", r->line, r->status, r->err);
+}
+
+// A bad command line: exit status `status` and a one-line message on stderr holding `needle`.
+static void expect_fail(const struct run *r, int status, const char *needle) {
+    ck_assert_msg(r->status == status, "'%s' exited with %d, want %d; stderr: %s", r->line, r->status, status,
+                  r->err);
+    ck_assert_msg(strstr(r->err, needle), "'%s': stderr does not name '%s': %s", r->line, needle, r->err);
+    ck_assert_msg(strchr(r->err, '\n') == r->err + strlen(r->err) - 1, "'%s': want one line on stderr, got: %s",
+                  r->line, r->err);
+}
+
+// Run msdiff with the arguments and expect_fail(status, needle).
+#define FAILS(status, needle, ...)                                                                   \
+    do {                                                                                             \
+        struct run r_ = msdiff(__VA_ARGS__, NULL);                                                   \
+        expect_fail(&r_, status, needle);                                                            \
+        run_free(&r_);                                                                               \
+    } while (0)
+
+// The line of text whose first non-blank characters are `prefix`, or "" (copied into a static buffer).
+static const char *line_of(const char *text, const char *prefix) {
+    static char buf[512];
+    buf[0] = '\0';
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        const char *q = p + strspn(p, " \t");
+        if (strncmp(q, prefix, strlen(prefix))) continue;
+        size_t n = strcspn(p, "\n");
+        snprintf(buf, sizeof buf, "%.*s", (int)(n < sizeof buf ? n : sizeof buf - 1), p);
+        break;
+    }
+    return buf;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// info
+
+static void check_info(const char *preset, const char *params, const char *const *macs, int n_stages) {
+    struct run r = msdiff("info", "--preset", preset, NULL);
+    expect_ok(&r);
+    ck_assert_msg(strstr(line_of(r.out, "parameters"), params), "info --preset %s: want '%s' parameters, got: %s",
+                  preset, params, r.out);
+    for (int s = 0; s < n_stages; s++) {
+        char label[16], want[64];
+        snprintf(label, sizeof label, "stage %d ", s);
+        snprintf(want, sizeof want, "%s MAC", macs[s]);
+        ck_assert_msg(strstr(line_of(r.out, label), want), "info --preset %s: stage %d wants '%s', got: %s",
+                      preset, s, want, r.out);
+    }
+    char label[16];
+    snprintf(label, sizeof label, "stage %d ", n_stages);
+    ck_assert_msg(line_of(r.out, label)[0] == '\0', "info --preset %s lists more than %d stages: %s", preset,
+                  n_stages, r.out);
+    run_free(&r);
+}
+
+START_TEST(info_paper_counts) {
+    check_info("cifar10", "55,732,739", (const char *[]){"21,190,213,632"}, 1);
+    check_info("cifar10-ms", "128,792,233",
+               (const char *[]){"35,750,150,144", "21,190,213,632", "7,725,498,368"}, 3);
+    check_info("mini", "1,752,993", (const char *[]){"340,216,960"}, 1);
+    check_info("mini-ms", "4,325,179", (const char *[]){"604,495,232", "340,216,960", "120,481,792"}, 3);
+    struct run r = msdiff("info", "--preset", "cifar10", NULL);
+    ck_assert_msg(strstr(r.out, "21,190,213,632 MAC (21.19 GMAC)"), "GMAC text missing: %s", r.out);
+    ck_assert_msg(strstr(line_of(r.out, "kind"), "unified"), "cifar10 is not called unified: %s", r.out);
+    run_free(&r);
+    r = msdiff("info", "--preset", "cifar10-ms", NULL);
+    ck_assert_msg(strstr(line_of(r.out, "kind"), "multistage"), "cifar10-ms is not called multistage: %s", r.out);
+    ck_assert_msg(strstr(line_of(r.out, "boundaries"), "2.5103, 7.6577"), "boundaries missing: %s", r.out);
+    ck_assert_msg(strstr(line_of(r.out, "decoder widths"), "192, 128, 16"), "decoder widths missing: %s", r.out);
+    run_free(&r);
+}
+END_TEST
+
+START_TEST(info_json) {
+    struct run r = msdiff("info", "--preset", "mini-ms", "--json", NULL);
+    expect_ok(&r);
+    cJSON *j = cJSON_Parse(r.out);
+    ck_assert_msg(j != NULL, "info --json does not print JSON: %s", r.out);
+    const cJSON *p = cJSON_GetObjectItem(j, "parameters"), *macs = cJSON_GetObjectItem(j, "macs_per_image");
+    ck_assert_msg(cJSON_GetNumberValue(cJSON_GetObjectItem(p, "total")) == 4325179.0, "total wrong: %s", r.out);
+    const double want[3] = {604495232.0, 340216960.0, 120481792.0};
+    ck_assert_msg(cJSON_GetArraySize(macs) == 3, "want 3 MAC entries: %s", r.out);
+    for (int s = 0; s < 3; s++)
+        ck_assert_msg(cJSON_GetNumberValue(cJSON_GetArrayItem(macs, s)) == want[s], "stage %d MAC wrong: %s", s,
+                      r.out);
+    ck_assert_msg(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "kind")), "multistage"), "kind: %s", r.out);
+    cJSON_Delete(j);
+    run_free(&r);
+}
+END_TEST
+
+START_TEST(info_bad_lines) {
+    struct run r = msdiff("info", "--preset", "nosuch", NULL);
+    ck_assert_msg(r.status == 1 || r.status == 2, "unknown preset exited with %d: %s", r.status, r.err);
+    for (int i = 0; msd_preset_names[i]; i++)
+        ck_assert_msg(strstr(r.err, msd_preset_names[i]), "unknown preset: message does not list '%s': %s",
+                      msd_preset_names[i], r.err);
+    run_free(&r);
+    FAILS(2, "--preset", "info");
+    FAILS(2, "exactly one", "info", "--preset", "mini", "--model", "x.safetensors");
+    FAILS(2, "--preset needs a value", "info", "--preset");
+    FAILS(2, "--verbose", "info", "--preset", "mini", "--verbose");
+    FAILS(2, "twice", "info", "--preset", "mini", "--preset", "tiny");
+    FAILS(1, "absent.safetensors", "info", "--model", tpath("absent.safetensors"));
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// init
+
+// info --model of a fresh checkpoint prints what info --preset prints, but for its first line.
+static void check_init_roundtrip(const char *preset) {
+    const char *ck = tpath("roundtrip.safetensors");
+    struct run r = msdiff("init", "--preset", preset, "--seed", "3", "--out", ck, NULL);
+    expect_ok(&r);
+    ck_assert_msg(strstr(r.out, ck), "init does not say what it wrote: %s", r.out);
+    struct run a = msdiff("info", "--preset", preset, NULL), b = msdiff("info", "--model", ck, NULL);
+    expect_ok(&a);
+    expect_ok(&b);
+    const char *ta = strchr(a.out, '\n'), *tb = strchr(b.out, '\n');
+    ck_assert_msg(ta && tb && !strcmp(ta, tb), "%s: info --model differs from info --preset:\n%s\n---\n%s", preset,
+                  a.out, b.out);
+    ck_assert_msg(strstr(b.out, "checkpoint") && strstr(b.out, ck), "info --model does not name the file: %s",
+                  b.out);
+    run_free(&r);
+    run_free(&a);
+    run_free(&b);
+    unlink(ck);
+}
+
+START_TEST(init_info_roundtrip) {
+    check_init_roundtrip("mini-ms");
+    check_init_roundtrip("mini");
+    check_init_roundtrip("tiny-ms");
+}
+END_TEST
+
+START_TEST(init_deterministic) {
+    const char *a = tpath("det-a.safetensors"), *b = tpath("det-b.safetensors"), *c = tpath("det-c.safetensors");
+    struct run r1 = msdiff("init", "--preset", "tiny-ms", "--seed", "1", "--out", a, NULL);
+    struct run r2 = msdiff("init", "--preset", "tiny-ms", "--seed", "1", "--out", b, NULL);
+    struct run r3 = msdiff("init", "--preset", "tiny-ms", "--seed", "2", "--out", c, NULL);
+    expect_ok(&r1);
+    expect_ok(&r2);
+    expect_ok(&r3);
+    size_t na, nb, nc;
+    char *da = read_all(a, &na), *db = read_all(b, &nb), *dc = read_all(c, &nc);
+    ck_assert_msg(na == nb && !memcmp(da, db, na), "init --seed 1 twice gives different files (%zu, %zu bytes)",
+                  na, nb);
+    ck_assert_msg(na != nc || memcmp(da, dc, na), "init --seed 1 and --seed 2 give the same file");
+    free(da);
+    free(db);
+    free(dc);
+    run_free(&r1);
+    run_free(&r2);
+    run_free(&r3);
+}
+END_TEST
+
+START_TEST(init_overrides) {
+    const char *ck = tpath("over.safetensors");
+    struct run r = msdiff("init", "--preset", "tiny-ms", "--decoders", "8,8,4", "--boundaries", "0.5,2", "--out",
+                          ck, NULL);
+    expect_ok(&r);
+    run_free(&r);
+    r = msdiff("info", "--model", ck, NULL);
+    expect_ok(&r);
+    ck_assert_msg(strstr(line_of(r.out, "decoder widths"), "8, 8, 4"), "--decoders not applied: %s", r.out);
+    ck_assert_msg(strstr(line_of(r.out, "boundaries"), "0.5, 2"), "--boundaries not applied: %s", r.out);
+    ck_assert_msg(line_of(r.out, "stage 2 ")[0] && !line_of(r.out, "stage 3 ")[0], "want 3 stages: %s", r.out);
+    run_free(&r);
+    unlink(ck);
+
+    r = msdiff("init", "--preset", "tiny", "--separate", "--decoders", "8,4", "--boundaries", "1", "--out", ck, NULL);
+    expect_ok(&r);
+    run_free(&r);
+    r = msdiff("info", "--model", ck, NULL);
+    ck_assert_msg(strstr(line_of(r.out, "kind"), "separate") && line_of(r.out, "network 1")[0],
+                  "--separate not applied: %s", r.out);
+    run_free(&r);
+    unlink(ck);
+
+    // bad lines: each names the flag, and nothing is written
+    const char *bad[][3] = {
+        {"--boundaries", "1,2", "--boundaries"}, // 2 stages need 1 boundary
+        {"--decoders", "8,8,4", "--boundaries"}, // a new stage count needs boundaries
+        {"--decoders", "8,x", "--decoders"},
+        {"--decoders", "8,,4", "--decoders"},
+        {"--boundaries", "nan", "--boundaries"},
+        {"--seed", "-1", "--seed"},
+        {"--seed", "12abc", "--seed"},
+        {"--seed", "99999999999999999999999", "--seed"},
+        {"--decoders", "6", "GroupNorm"}, // valid flags, invalid network: the config's message
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        r = msdiff("init", "--preset", "tiny-ms", "--out", ck, bad[i][0], bad[i][1], NULL);
+        expect_fail(&r, 2, bad[i][2]);
+        ck_assert_msg(!exists(ck), "'%s' failed but wrote %s", r.line, ck);
+        run_free(&r);
+    }
+    FAILS(2, "missing --out", "init", "--preset", "tiny");
+    FAILS(2, "missing --preset", "init", "--out", ck);
+    r = msdiff("init", "--preset", "nosuch", "--out", ck, NULL);
+    ck_assert_msg((r.status == 1 || r.status == 2) && strstr(r.err, "tiny-ms"), "unknown preset: %d %s", r.status,
+                  r.err);
+    run_free(&r);
+    FAILS(1, "no/such/dir.safetensors", "init", "--preset", "tiny", "--out", tpath("no/such/dir.safetensors"));
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// denoise
+
+#define NB 3 // images in the test input
+#define IMG (2 * 8 * 8) // floats per image of tiny and tiny-ms
+
+static void write_input(const char *path, const char *name, int64_t n, int64_t c, int64_t r, uint64_t seed) {
+    size_t count = (size_t)(n * c * r * r);
+    float *x = malloc(count * sizeof(float));
+    fill_normal(x, count, seed, 1.0f);
+    struct msd_st_entry e = {.name = name, .ndim = 4, .shape = {n, c, r, r}, .data = x};
+    ck_assert_msg(msd_st_write(path, &e, 1, NULL, NULL, 0) == 0, "%s", msd_last_error());
+    free(x);
+}
+
+// D of the checkpoint at sigma on x of the file, computed in this process.
+static void denoise_here(const char *ck, const char *input, double sigma, float *D) {
+    struct msd_model m;
+    ck_assert_msg(msd_checkpoint_load(&m, ck, &msd_backend_ref) == 0, "%s", msd_last_error());
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, input) == 0, "%s", msd_last_error());
+    float x[NB * IMG];
+    const int64_t shape[4] = {NB, 2, 8, 8};
+    ck_assert_msg(msd_st_get_f32(&f, "x", 4, shape, x) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_model_plan(&m, NB, false) == 0, "%s", msd_last_error());
+    float *dx = m.be->alloc(NB * IMG), *dD = m.be->alloc(NB * IMG);
+    m.be->upload(dx, x, NB * IMG);
+    double sig[NB] = {sigma, sigma, sigma};
+    struct msd_forward_opts o = {.train = false};
+    ck_assert_msg(msd_denoise_forward(&m, dD, dx, sig, &o) == 0, "%s", msd_last_error());
+    m.be->download(D, dD, NB * IMG);
+    m.be->release(dx);
+    m.be->release(dD);
+    msd_st_free(&f);
+    msd_model_free(&m);
+}
+
+// D and the metadata of an output file.
+static void read_output(const char *path, float *D, const char *sigma, const char *model) {
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "%s", msd_last_error());
+    const int64_t shape[4] = {NB, 2, 8, 8};
+    ck_assert_msg(msd_st_get_f32(&f, "D", 4, shape, D) == 0, "%s", msd_last_error());
+    const char *s = msd_st_meta(&f, "sigma"), *m = msd_st_meta(&f, "model");
+    ck_assert_msg(s && !strcmp(s, sigma), "%s: metadata sigma is '%s', want '%s'", path, s ? s : "(none)", sigma);
+    ck_assert_msg(m && !strcmp(m, model), "%s: metadata model is '%s', want '%s'", path, m ? m : "(none)", model);
+    msd_st_free(&f);
+}
+
+static void check_denoise(const char *preset, const char *sigma_text) {
+    const char *ck = tpath("dn.safetensors"), *in = tpath("dn-x.safetensors");
+    const char *o1 = tpath("dn-1.safetensors"), *o2 = tpath("dn-2.safetensors"), *o3 = tpath("dn-3.safetensors");
+    struct run r = msdiff("init", "--preset", preset, "--seed", "7", "--out", ck, NULL);
+    expect_ok(&r);
+    run_free(&r);
+    write_input(in, "x", NB, 2, 8, 11);
+    struct run a = msdiff("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o1, NULL);
+    struct run b = msdiff("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o2, NULL);
+    struct run c = msdiff("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o3, "--batch",
+                          "2", "--backend", "ref", NULL);
+    expect_ok(&a);
+    expect_ok(&b);
+    expect_ok(&c);
+    size_t n1, n2;
+    char *f1 = read_all(o1, &n1), *f2 = read_all(o2, &n2);
+    ck_assert_msg(n1 == n2 && !memcmp(f1, f2, n1), "%s: two denoise runs give different files", preset);
+    float got[NB * IMG], batched[NB * IMG], want[NB * IMG];
+    read_output(o1, got, sigma_text, ck);
+    read_output(o3, batched, sigma_text, ck);
+    denoise_here(ck, in, strtod(sigma_text, NULL), want);
+    ck_assert_msg(!memcmp(got, want, sizeof want), "%s sigma %s: msdiff denoise differs from msd_denoise_forward "
+                  "in process", preset, sigma_text);
+    ck_assert_msg(!memcmp(batched, want, sizeof want), "%s sigma %s: --batch 2 (chunks 2 + 1) differs from the "
+                  "whole batch", preset, sigma_text);
+    ck_assert_msg(strstr(c.out, "batch 2"), "denoise --batch 2 does not report its batch: %s", c.out);
+    free(f1);
+    free(f2);
+    run_free(&a);
+    run_free(&b);
+    run_free(&c);
+}
+
+START_TEST(denoise_matches_library) {
+    check_denoise("tiny", "0.7");
+    check_denoise("tiny-ms", "0.25"); // stage 0
+    check_denoise("tiny-ms", "3");    // stage 1
+}
+END_TEST
+
+START_TEST(denoise_bad_input) {
+    const char *ck = tpath("bad.safetensors"), *out = tpath("bad-out.safetensors");
+    struct run r = msdiff("init", "--preset", "tiny", "--out", ck, NULL);
+    expect_ok(&r);
+    run_free(&r);
+    // wrong shapes and a missing tensor: a failure (1) naming the file, the tensor and the shape
+    const struct { const char *name; int64_t n, c, res; const char *needle; } files[] = {
+        {"x", 2, 3, 8, "[2, 3, 8, 8]"},
+        {"x", 2, 2, 4, "[2, 2, 4, 4]"},
+        {"y", 2, 2, 8, "no tensor \"x\""},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        const char *in = tpath("bad-x.safetensors");
+        write_input(in, files[i].name, files[i].n, files[i].c, files[i].res, 5);
+        r = msdiff("denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out, NULL);
+        expect_fail(&r, 1, files[i].needle);
+        ck_assert_msg(strstr(r.err, in) && strstr(r.err, "[N, 2, 8, 8]"), "'%s': message should name the file and "
+                      "the expected shape: %s", r.line, r.err);
+        ck_assert_msg(!exists(out), "'%s' failed but wrote %s", r.line, out);
+        run_free(&r);
+    }
+    const char *in = tpath("good-x.safetensors");
+    write_input(in, "x", 2, 2, 8, 5);
+    // bad command lines: status 2 naming the flag
+    const char *sigmas[] = {"0", "-1", "nan", "inf", "abc", "1e999"};
+    for (size_t i = 0; i < sizeof sigmas / sizeof sigmas[0]; i++) {
+        r = msdiff("denoise", "--model", ck, "--input", in, "--sigma", sigmas[i], "--out", out, NULL);
+        expect_fail(&r, 2, "--sigma");
+        run_free(&r);
+    }
+    FAILS(2, "missing --model", "denoise", "--input", in, "--sigma", "1", "--out", out);
+    FAILS(2, "--bogus", "denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out, "--bogus", "1");
+    FAILS(2, "--batch", "denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out, "--batch", "0");
+    FAILS(2, "--backend", "denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out, "--backend", "nosuch");
+    // files that are missing or not safetensors: a failure naming the file
+    FAILS(1, "absent.safetensors", "denoise", "--model", tpath("absent.safetensors"), "--input", in, "--sigma", "1", "--out", out);
+    FILE *f = fopen(tpath("junk.safetensors"), "wb");
+    fputs("this is not a safetensors file", f);
+    fclose(f);
+    FAILS(1, "junk.safetensors", "denoise", "--model", ck, "--input", tpath("junk.safetensors"), "--sigma", "1", "--out", out);
+    ck_assert_msg(!exists(out), "a failed denoise wrote %s", out);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// Dispatch and help
+
+START_TEST(dispatch_and_help) {
+    const char *cmds[] = {"info", "init", "denoise", "backends", "version", "help"};
+    struct run r = msdiff(NULL);
+    ck_assert_msg(r.status == 2 && r.out[0] == '\0', "msdiff without a command: status %d, stdout '%s'", r.status,
+                  r.out);
+    for (size_t i = 0; i < 6; i++)
+        ck_assert_msg(strstr(r.err, cmds[i]), "usage on stderr does not list '%s': %s", cmds[i], r.err);
+    run_free(&r);
+    struct run h = msdiff("help", NULL), h2 = msdiff("--help", NULL);
+    expect_ok(&h);
+    expect_ok(&h2);
+    ck_assert_msg(!strcmp(h.out, h2.out), "msdiff help and msdiff --help differ");
+    for (size_t i = 0; i < 6; i++)
+        ck_assert_msg(strstr(h.out, cmds[i]), "msdiff help does not list '%s': %s", cmds[i], h.out);
+    run_free(&h);
+    run_free(&h2);
+    // every command's help: the same both ways, with its usage, every flag and an example
+    const char *flags[][7] = {
+        {"--preset", "--model", "--json", NULL},
+        {"--preset", "--out", "--seed", "--decoders", "--boundaries", "--separate", NULL},
+        {"--model", "--input", "--sigma", "--out", "--backend", "--batch", NULL},
+        {NULL}, {NULL}, {NULL},
+    };
+    for (size_t i = 0; i < 6; i++) {
+        struct run a = msdiff("help", cmds[i], NULL), b = msdiff(cmds[i], "--help", NULL);
+        expect_ok(&a);
+        expect_ok(&b);
+        ck_assert_msg(!strcmp(a.out, b.out), "msdiff help %s and msdiff %s --help differ", cmds[i], cmds[i]);
+        char usage[64];
+        snprintf(usage, sizeof usage, "usage: msdiff %s", cmds[i]);
+        ck_assert_msg(strstr(a.out, usage) && strstr(a.out, "example"), "help %s lacks usage or example: %s",
+                      cmds[i], a.out);
+        for (int k = 0; flags[i][k]; k++)
+            ck_assert_msg(strstr(a.out, flags[i][k]), "help %s does not describe %s", cmds[i], flags[i][k]);
+        run_free(&a);
+        run_free(&b);
+    }
+    FAILS(2, "nosuch", "help", "nosuch");
+    FAILS(2, "nosuch", "nosuch");
+    r = msdiff("version", NULL);
+    ck_assert_msg(r.status == 0 && !strncmp(r.out, "msdiff ", 7), "version: %d %s", r.status, r.out);
+    run_free(&r);
+    r = msdiff("backends", NULL);
+    ck_assert_msg(r.status == 0 && strstr(r.out, "ref   available"), "backends: %d %s", r.status, r.out);
+    run_free(&r);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// cli.h in process
+
+START_TEST(cli_numbers) {
+    long long v;
+    uint64_t u;
+    double d;
+    ck_assert_msg(cli_to_ll("42", 0, 100, &v) == 0 && v == 42, "42");
+    ck_assert_msg(cli_to_ll("-3", -5, 5, &v) == 0 && v == -3, "-3");
+    const char *bad_ints[] = {"", " 1", "1 ", "+1", "1.0", "1e3", "0x10", "12abc", "101", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad_ints / sizeof bad_ints[0]; i++)
+        ck_assert_msg(cli_to_ll(bad_ints[i], 0, 100, &v) == -1, "'%s' read as an integer in 0..100", bad_ints[i]);
+    ck_assert_msg(cli_to_u64("18446744073709551615", &u) == 0 && u == UINT64_MAX, "UINT64_MAX");
+    const char *bad_u64[] = {"-1", "18446744073709551616", "", "1x"};
+    for (size_t i = 0; i < sizeof bad_u64 / sizeof bad_u64[0]; i++)
+        ck_assert_msg(cli_to_u64(bad_u64[i], &u) == -1, "'%s' read as a uint64", bad_u64[i]);
+    ck_assert_msg(cli_to_double("2.5e-1", &d) == 0 && d == 0.25, "2.5e-1");
+    ck_assert_msg(cli_to_double("1,5", &d) == -1 && cli_to_double("", &d) == -1 && cli_to_double(" 1", &d) == -1,
+                  "a bad double was accepted");
+    char buf[CLI_NUM_BUF];
+    const struct { uint64_t v; const char *s; } counts[] = {
+        {0, "0"}, {999, "999"}, {1000, "1,000"}, {55732739, "55,732,739"},
+        {21190213632ull, "21,190,213,632"}, {UINT64_MAX, "18,446,744,073,709,551,615"},
+    };
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
+        ck_assert_msg(!strcmp(cli_fmt_count(counts[i].v, buf), counts[i].s), "%s printed as %s", counts[i].s, buf);
+    ck_assert_msg(!strcmp(cli_fmt_real(2.5103f, true, buf), "2.5103"), "2.5103f printed as %s", buf);
+    ck_assert_msg(!strcmp(cli_fmt_real(0.1, false, buf), "0.1"), "0.1 printed as %s", buf);
+    ck_assert_msg(strtod(cli_fmt_real(1.0 / 3, false, buf), NULL) == 1.0 / 3, "1/3 does not round-trip: %s", buf);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("cli");
+    TCase *tc = tcase_create("program");
+    tcase_set_timeout(tc, 600);
+    tcase_add_unchecked_fixture(tc, make_tmpdir, remove_tmpdir);
+    tcase_add_test(tc, info_paper_counts);
+    tcase_add_test(tc, info_json);
+    tcase_add_test(tc, info_bad_lines);
+    tcase_add_test(tc, init_info_roundtrip);
+    tcase_add_test(tc, init_deterministic);
+    tcase_add_test(tc, init_overrides);
+    tcase_add_test(tc, denoise_matches_library);
+    tcase_add_test(tc, denoise_bad_input);
+    tcase_add_test(tc, dispatch_and_help);
+    tcase_add_test(tc, cli_numbers);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
