@@ -11,7 +11,7 @@
 CC ?= cc
 BUILD ?= build
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -pedantic -D_POSIX_C_SOURCE=200809L -MMD -MP
-LDLIBS := -lcjson -lm
+LDLIBS := -lcjson -lpng -lz -lm
 
 # --- OpenMP: used when the compiler accepts it, unless NO_OMP=1 -----------------------------------
 ifneq ($(NO_OMP),1)
