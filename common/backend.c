@@ -15,3 +15,13 @@ const struct msd_backend *msd_backend_get(const char *name) {
     msd_set_error("unknown backend '%s' (expected ref, fast or cuda)", name);
     return NULL;
 }
+
+const struct msd_backend *msd_backend_default(void) {
+    const char *order[] = {"cuda", "fast"};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        const struct msd_backend *b = msd_backend_get(order[i]);
+        if (b) return b;
+    }
+    msd_clear_error();
+    return &msd_backend_ref;
+}

@@ -172,6 +172,9 @@ _Static_assert(sizeof(struct msd_backend) ==
 // msd_last_error() for an unknown name or a backend that this build or machine lacks.
 const struct msd_backend *msd_backend_get(const char *name);
 
+// The fastest backend this build and machine have: cuda, then fast, then ref.
+const struct msd_backend *msd_backend_default(void);
+
 extern const struct msd_backend msd_backend_ref;
 
 #endif

@@ -16,6 +16,7 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "cli.h"
+#include "commands.h"
 #include "config.h"
 #include "error.h"
 #include "model.h"
@@ -27,7 +28,7 @@
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 // A library call failed: its message names the file and what is wrong.
-static int fail(void) {
+int cmd_fail(void) {
     fflush(stdout);
     fprintf(stderr, "msdiff: %s\n", msd_last_error());
     return CLI_FAIL;
@@ -118,6 +119,10 @@ static const struct command COMMANDS[] = {
     {"info", "print a network's config, parameter counts and multiply-adds per stage", HELP_INFO, true,
      cmd_info},
     {"init", "create a freshly initialised checkpoint from a preset", HELP_INIT, true, cmd_init},
+    {"train", "train a (multistage) diffusion model on a data set, in a run folder", HELP_TRAIN, true,
+     cmd_train},
+    {"sample", "draw images from a checkpoint with heun, euler, dpm++2m or dpm-solver-3", HELP_SAMPLE, false,
+     cmd_sample},
     {"denoise", "apply a checkpoint's denoiser D(x; sigma) to images in a safetensors file", HELP_DENOISE,
      false, cmd_denoise},
     {"backends", "list the compute backends and whether this build and machine have them",
@@ -162,7 +167,14 @@ static int print_help(const struct command *c) {
 
 // Parse a command's flags; *done is set when the command should return the value at once (help
 // was printed, or the line was bad).
-static int parse(const char *cmd, int argc, char **argv, struct cli_opt *o, int n, bool *done) {
+const struct msd_backend *cmd_backend(const char *cmd, const char *name) {
+    if (!name) return msd_backend_default();
+    const struct msd_backend *be = msd_backend_get(name);
+    if (!be) cli_error(cmd, "--backend: %s", msd_last_error());
+    return be;
+}
+
+int cmd_parse(const char *cmd, int argc, char **argv, struct cli_opt *o, int n, bool *done) {
     int rc = cli_parse(cmd, argc, argv, o, n);
     *done = rc != 0;
     return rc == 1 ? print_help(find_command(cmd)) : rc;
@@ -271,7 +283,7 @@ static int cmd_info(int argc, char **argv) {
         {.flag = "--model", .type = CLI_STR, .dst = &model, .expect = "a checkpoint file"},
         {.flag = "--json", .type = CLI_SWITCH, .dst = &json},
     };
-    int rc = parse("info", argc, argv, o, COUNT(o), &done);
+    int rc = cmd_parse("info", argc, argv, o, COUNT(o), &done);
     if (done) return rc;
     if (!preset == !model) return cli_error("info", "give exactly one of --preset NAME or --model FILE");
     struct msd_model m;
@@ -279,10 +291,10 @@ static int cmd_info(int argc, char **argv) {
     if (preset) {
         struct msd_config cfg;
         if (msd_config_preset(&cfg, preset)) return cli_error("info", "--preset: %s", msd_last_error());
-        if (msd_model_create(&m, &cfg, &msd_backend_ref)) return fail();
+        if (msd_model_create(&m, &cfg, &msd_backend_ref)) return cmd_fail();
         snprintf(source, sizeof source, "preset %s", preset);
     } else {
-        if (msd_checkpoint_load(&m, model, &msd_backend_ref)) return fail();
+        if (msd_checkpoint_load(&m, model, &msd_backend_ref)) return cmd_fail();
         snprintf(source, sizeof source, "checkpoint %s", model);
     }
     struct msd_counts k;
@@ -313,7 +325,7 @@ static int cmd_init(int argc, char **argv) {
          .expect = "comma-separated increasing sigma values, one fewer than the stages"},
         {.flag = "--separate", .type = CLI_SWITCH, .dst = &separate},
     };
-    int rc = parse("init", argc, argv, o, COUNT(o), &done);
+    int rc = cmd_parse("init", argc, argv, o, COUNT(o), &done);
     if (done) return rc;
     struct msd_config cfg;
     if (msd_config_preset(&cfg, preset)) return cli_error("init", "--preset: %s", msd_last_error());
@@ -344,7 +356,7 @@ static int cmd_init(int argc, char **argv) {
         return cli_error("init", "preset %s with these flags is not a valid network: %s", preset, msd_last_error());
 
     struct msd_model m;
-    if (msd_model_create(&m, &cfg, &msd_backend_ref)) return fail();
+    if (msd_model_create(&m, &cfg, &msd_backend_ref)) return cmd_fail();
     msd_model_init_weights(&m, seed);
     char seed_text[CLI_NUM_BUF];
     snprintf(seed_text, sizeof seed_text, "%llu", (unsigned long long)seed);
@@ -353,7 +365,7 @@ static int cmd_init(int argc, char **argv) {
     struct msd_counts k;
     msd_model_count(&m, &k);
     msd_model_free(&m);
-    if (rc) return fail();
+    if (rc) return cmd_fail();
     struct stat st;
     double mb = stat(out, &st) == 0 ? st.st_size / 1e6 : 0;
     char count[CLI_NUM_BUF];
@@ -406,20 +418,20 @@ static int cmd_denoise(int argc, char **argv) {
         {.flag = "--batch", .type = CLI_INT, .dst = &batch, .lo = 1, .hi = INT_MAX,
          .expect = "a positive number of images per pass"},
     };
-    int rc = parse("denoise", argc, argv, o, COUNT(o), &done);
+    int rc = cmd_parse("denoise", argc, argv, o, COUNT(o), &done);
     if (done) return rc;
     if (!(isfinite(sigma) && sigma > 0))
         return cli_error("denoise", "--sigma: expected a finite noise level > 0, got %g", sigma);
-    const struct msd_backend *be = msd_backend_get(backend);
-    if (!be) return cli_error("denoise", "--backend: %s", msd_last_error());
+    const struct msd_backend *be = cmd_backend("denoise", backend);
+    if (!be) return CLI_USAGE;
 
     struct msd_model m;
-    if (msd_checkpoint_load(&m, model, be)) return fail();
+    if (msd_checkpoint_load(&m, model, be)) return cmd_fail();
     const struct msd_config *c = &m.cfg;
     struct msd_st_file f;
     if (msd_st_read(&f, input)) {
         msd_model_free(&m);
-        return fail();
+        return cmd_fail();
     }
     // x must be (N, C, R, R) with the model's C and R
     const struct msd_st_tensor *t = msd_st_find(&f, "x");
@@ -440,7 +452,7 @@ static int cmd_denoise(int argc, char **argv) {
     if (!t) {
         msd_st_free(&f);
         msd_model_free(&m);
-        return fail();
+        return cmd_fail();
     }
     const int N = (int)t->shape[0];
     const int64_t shape[4] = {N, C, R, R};
@@ -464,7 +476,7 @@ static int cmd_denoise(int argc, char **argv) {
     }
     free(x);
     free(D);
-    return rc ? fail() : 0;
+    return rc ? cmd_fail() : 0;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -472,7 +484,7 @@ static int cmd_denoise(int argc, char **argv) {
 
 static int cmd_backends(int argc, char **argv) {
     bool done;
-    int rc = parse("backends", argc, argv, NULL, 0, &done);
+    int rc = cmd_parse("backends", argc, argv, NULL, 0, &done);
     if (done) return rc;
     const char *names[] = {"ref", "fast", "cuda"};
     for (int i = 0; i < COUNT(names); i++) {
@@ -484,7 +496,7 @@ static int cmd_backends(int argc, char **argv) {
 
 static int cmd_version(int argc, char **argv) {
     bool done;
-    int rc = parse("version", argc, argv, NULL, 0, &done);
+    int rc = cmd_parse("version", argc, argv, NULL, 0, &done);
     if (done) return rc;
     printf("msdiff %s\n", MSD_VERSION);
     return 0;

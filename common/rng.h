@@ -31,8 +31,17 @@ enum msd_stream {
     MSD_STREAM_TEST = 1,     // tests and benchmarks filling inputs
     MSD_STREAM_INIT = 2,     // weight initialisation (index = offset in the parameter buffer)
     MSD_STREAM_DROPOUT_TEST = 3, // dropout masks drawn by the tests
-    MSD_STREAM_DROPOUT = 16, // dropout masks: stream = MSD_STREAM_DROPOUT + layer-specific offset
+    MSD_STREAM_DATA = 4,     // training batches: image j of batch `step` draws index step * B + j
+    MSD_STREAM_XFLIP = 5,    // left-right mirroring of that image: same index
+    MSD_STREAM_LATENT = 6,   // a sample's initial latent: (its seed, this stream, pixel)
+    MSD_STREAM_SIGMA = 7,    // training noise levels: stream = kind | step << 8
+    MSD_STREAM_NOISE = 8,    // training noise: stream = kind | step << 8
+    MSD_STREAM_EVAL = 9,     // held-out evaluation noise
+    MSD_STREAM_DROPOUT = 16, // dropout masks: stream = MSD_STREAM_DROPOUT + block id (< 240)
 };
+// Heun's churn noise of step i: (the sample's seed, MSD_STREAM_CHURN + i, pixel). Far above the
+// per-step training streams (kind | step << 8), so no step count reaches into another purpose.
+#define MSD_STREAM_CHURN ((uint64_t)1 << 48)
 
 // One Philox4x32-10 block: out = philox(ctr, key).
 MSD_HD static inline void msd_philox4x32_10(uint32_t out[4], const uint32_t ctr[4],
