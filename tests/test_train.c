@@ -1,0 +1,278 @@
+// test_train.c: the training step and its state: which stages the policies train and how often,
+// that training lowers a held-out loss, that only the routed decoder moves, and that a resumed run
+// equals an uninterrupted one bit for bit.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/backend.h"
+#include "../common/error.h"
+#include "../common/model.h"
+#include "../common/precond.h"
+#include "../common/rng.h"
+#include "../common/train.h"
+#include "testutil.h"
+
+static const struct msd_backend *be = &msd_backend_ref;
+
+// The standard normal CDF.
+static double Phi(double z) { return 0.5 * erfc(-z / sqrt(2.0)); }
+
+// ---------------------------------------------------------------------------------------------------
+// Stage frequencies
+
+// Under the lognormal policy a step trains stage s with the probability that one draw of ln sigma ~
+// N(P_mean, P_std^2) falls in (b_{s-1}, b_s]; under the uniform policy with 1/S. Over K steps each
+// count must lie within 5 binomial standard deviations; every sigma of a batch lies in its stage.
+static void check_frequencies(enum msd_policy policy, enum msd_precond pc) {
+    struct msd_config c;
+    ck_assert(msd_config_preset(&c, "mini-ms") == 0);
+    c.precond = pc;
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    o.policy = policy;
+    o.batch = 4;
+    o.seed = 77;
+    const int K = 20000;
+    long count[MSD_MAX_STAGES] = {0};
+    double sig[4];
+    for (long step = 0; step < K; step++) {
+        int s = msd_train_pick(&c, &o, step, sig);
+        ck_assert_msg(s >= 0 && s < c.n_stages, "step %ld: stage %d (%s)", step, s, msd_last_error());
+        for (int j = 0; j < o.batch; j++)
+            ck_assert_msg(msd_config_stage_of(&c, sig[j]) == s, "step %ld: sigma %g not in stage %d", step, sig[j], s);
+        count[s]++;
+    }
+    for (int s = 0; s < c.n_stages; s++) {
+        double p;
+        if (policy == MSD_POLICY_UNIFORM) {
+            p = 1.0 / c.n_stages;
+        } else if (pc == MSD_PRECOND_EDM) {
+            double lo = s == 0 ? -INFINITY : (log(c.boundaries[s - 1]) - o.P_mean) / o.P_std;
+            double hi = s == c.n_stages - 1 ? INFINITY : (log(c.boundaries[s]) - o.P_mean) / o.P_std;
+            p = Phi(hi) - Phi(lo);
+        } else { // VP: t ~ U(eps_t, 1), sigma increasing in t
+            double lo = s == 0 ? MSD_VP_EPS_T : msd_vp_sigma_inv(c.boundaries[s - 1]);
+            double hi = s == c.n_stages - 1 ? 1.0 : msd_vp_sigma_inv(c.boundaries[s]);
+            p = (hi - lo) / (1.0 - MSD_VP_EPS_T);
+        }
+        double expect = K * p, sd = sqrt(K * p * (1 - p));
+        printf("policy %s loss %s stage %d: %ld of %d steps, expected %.1f +- %.1f\n",
+               policy == MSD_POLICY_UNIFORM ? "uniform" : "lognormal", pc == MSD_PRECOND_VP ? "vp" : "edm", s,
+               count[s], K, expect, sd);
+        ck_assert_msg(fabs(count[s] - expect) <= 5 * sd + 1, "stage %d: %ld steps, expected %.1f +- 5 x %.1f", s,
+                      count[s], expect, sd);
+    }
+}
+
+START_TEST(lognormal_frequencies) { check_frequencies(MSD_POLICY_LOGNORMAL, MSD_PRECOND_EDM); }
+END_TEST
+START_TEST(uniform_frequencies) { check_frequencies(MSD_POLICY_UNIFORM, MSD_PRECOND_EDM); }
+END_TEST
+START_TEST(vp_frequencies) { check_frequencies(MSD_POLICY_LOGNORMAL, MSD_PRECOND_VP); }
+END_TEST
+
+// Within a stage, rejection sampling keeps the law's shape: the mean of ln sigma over the batches of
+// the middle stage matches the truncated normal's mean within 5 standard errors.
+START_TEST(restricted_law) {
+    struct msd_config c;
+    ck_assert(msd_config_preset(&c, "mini-ms") == 0);
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    o.policy = MSD_POLICY_UNIFORM;
+    o.batch = 8;
+    double sum = 0, sumsq = 0, sig[8];
+    long n = 0;
+    for (long step = 0; step < 6000; step++)
+        if (msd_train_pick(&c, &o, step, sig) == 1)
+            for (int j = 0; j < o.batch; j++) sum += log(sig[j]), sumsq += log(sig[j]) * log(sig[j]), n++;
+    const double a = (log(c.boundaries[0]) - o.P_mean) / o.P_std, b = (log(c.boundaries[1]) - o.P_mean) / o.P_std;
+    const double phi_a = exp(-a * a / 2) / sqrt(2 * 3.14159265358979323846), phi_b = exp(-b * b / 2) / sqrt(2 * 3.14159265358979323846);
+    const double want = o.P_mean + o.P_std * (phi_a - phi_b) / (Phi(b) - Phi(a));
+    const double mean = sum / n, sd = sqrt(sumsq / n - mean * mean);
+    ck_assert_msg(fabs(mean - want) < 5 * sd / sqrt((double)n), "mean ln sigma in stage 1: %.5f, want %.5f +- %.5f",
+                  mean, want, 5 * sd / sqrt((double)n));
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// A small synthetic data set for the tiny network (8x8, 2 channels): each image is one of a few
+// patterns (a bar in channel 0 at one of 8 rows, a bar in channel 1 at one of 8 columns), so that a
+// few hundred steps can learn something measurable.
+
+static void synthetic(struct msd_dataset *d, int n, uint64_t seed) {
+    memset(d, 0, sizeof *d);
+    d->n = n, d->channels = 2, d->res = 8;
+    d->pixels = malloc((size_t)n * 2 * 64);
+    for (int k = 0; k < n; k++) {
+        int row = msd_rng_u32(seed, MSD_STREAM_TEST, 2 * k) % 8, col = msd_rng_u32(seed, MSD_STREAM_TEST, 2 * k + 1) % 8;
+        uint8_t *img = d->pixels + (size_t)k * 128;
+        for (int p = 0; p < 64; p++) {
+            img[p] = p / 8 == row ? 255 : 0;
+            img[64 + p] = p % 8 == col ? 255 : 0;
+        }
+    }
+    snprintf(d->source, sizeof d->source, "synthetic bars (seed %llu)", (unsigned long long)seed);
+}
+
+static void tiny_model(struct msd_model *m, const char *preset, float dropout, uint64_t seed) {
+    struct msd_config c;
+    ck_assert(msd_config_preset(&c, preset) == 0);
+    c.dropout = dropout;
+    ck_assert_msg(msd_model_create(m, &c, be) == 0, "%s", msd_last_error());
+    msd_model_init_weights(m, seed);
+}
+
+// A few hundred steps on the bars lower the held-out loss at fixed noise levels in both stages.
+START_TEST(training_lowers_heldout_loss) {
+    struct msd_dataset train, held;
+    synthetic(&train, 512, 1);
+    synthetic(&held, 64, 2);
+    struct msd_model m;
+    tiny_model(&m, "tiny-ms", 0.0f, 5);
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    o.batch = 16;
+    o.lr = 2e-3;
+    o.lr_rampup = 0;
+    o.ema_halflife = 500;
+    o.policy = MSD_POLICY_UNIFORM; // both decoders get steps
+    struct msd_train_state st;
+    ck_assert(msd_train_state_init(&st, &m) == 0);
+    ck_assert(msd_model_plan(&m, o.batch, true) == 0);
+    const double sigmas[3] = {0.2, 0.8, 3.0}; // stages 0, 0, 1 (boundary 1.0)
+    double before[3], after[3], after_ema[3];
+    ck_assert(msd_eval_loss(&m, m.w, &held, 64, sigmas, 3, before) == 0);
+    for (int k = 0; k < 300; k++) {
+        struct msd_step_info info;
+        ck_assert_msg(msd_train_step(&m, &st, &train, &o, &info) == 0, "%s", msd_last_error());
+    }
+    ck_assert(msd_eval_loss(&m, m.w, &held, 64, sigmas, 3, after) == 0);
+    ck_assert(msd_eval_loss(&m, st.ema, &held, 64, sigmas, 3, after_ema) == 0);
+    for (int k = 0; k < 3; k++) {
+        printf("held-out loss at sigma %.1f: %.4f before, %.4f after 300 steps (EMA %.4f)\n", sigmas[k], before[k],
+               after[k], after_ema[k]);
+        ck_assert_msg(after[k] < 0.7 * before[k], "sigma %g: held-out loss %.4f -> %.4f", sigmas[k], before[k], after[k]);
+        ck_assert_msg(after_ema[k] < before[k], "sigma %g: EMA held-out loss %.4f -> %.4f", sigmas[k], before[k],
+                      after_ema[k]);
+    }
+    ck_assert_msg(st.adam_steps[0] == 300 && st.adam_steps[1] + st.adam_steps[2] == 300 && st.adam_steps[1] > 50 &&
+                      st.adam_steps[2] > 50,
+                  "Adam step counts: shared %ld, decoder 0 %ld, decoder 1 %ld", st.adam_steps[0], st.adam_steps[1],
+                  st.adam_steps[2]);
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+    msd_data_free(&train);
+    msd_data_free(&held);
+}
+END_TEST
+
+// A step of stage s changes the shared weights and decoder s, and leaves every other decoder's
+// weights and Adam moments exactly as they were.
+START_TEST(only_the_routed_decoder_moves) {
+    struct msd_dataset data;
+    synthetic(&data, 64, 3);
+    struct msd_model m;
+    tiny_model(&m, "tiny-ms", 0.1f, 6);
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    o.batch = 4;
+    o.lr_rampup = 0;
+    struct msd_train_state st;
+    ck_assert(msd_train_state_init(&st, &m) == 0);
+    ck_assert(msd_model_plan(&m, o.batch, true) == 0);
+    float *before = malloc(m.n_floats * sizeof(float));
+    for (int k = 0; k < 6; k++) {
+        memcpy(before, m.w, m.n_floats * sizeof(float));
+        struct msd_step_info info;
+        ck_assert(msd_train_step(&m, &st, &data, &o, &info) == 0);
+        for (int p = 0; p < m.n_params; p++) {
+            const struct msd_param *q = &m.params[p];
+            const int changed = memcmp(before + q->offset, m.w + q->offset, q->numel * sizeof(float)) != 0;
+            if (q->owner != MSD_OWNER_SHARED && q->owner != info.stage)
+                ck_assert_msg(!changed, "step %d (stage %d) changed %s", k, info.stage, q->name);
+        }
+    }
+    free(before);
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+    msd_data_free(&data);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// Resume
+
+static void run_steps(struct msd_model *m, struct msd_train_state *st, const struct msd_dataset *d,
+                      const struct msd_train_opts *o, long until) {
+    ck_assert(msd_model_plan(m, o->batch, true) == 0);
+    while (st->step < until) ck_assert_msg(msd_train_step(m, st, d, o, NULL) == 0, "%s", msd_last_error());
+}
+
+// N steps in one go, and N/2 steps, a save, a load into fresh memory and N/2 more, give the same
+// weights, moments, EMA and counters bit for bit (dropout on, both stages visited, clipping on).
+START_TEST(resume_is_exact) {
+    struct msd_dataset data;
+    synthetic(&data, 128, 4);
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    o.batch = 4;
+    o.seed = 99;
+    o.lr_rampup = 40;
+    o.grad_clip = 5.0;
+    o.xflip = true;
+    o.policy = MSD_POLICY_UNIFORM;
+    const long N = 12;
+    struct msd_model a, b;
+    struct msd_train_state sa, sb;
+    tiny_model(&a, "tiny-ms", 0.2f, 8);
+    ck_assert(msd_train_state_init(&sa, &a) == 0);
+    run_steps(&a, &sa, &data, &o, N);
+    tiny_model(&b, "tiny-ms", 0.2f, 8);
+    ck_assert(msd_train_state_init(&sb, &b) == 0);
+    run_steps(&b, &sb, &data, &o, N / 2);
+    char dir[] = "/tmp/msd-train-XXXXXX", path[256];
+    ck_assert(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    ck_assert_msg(msd_train_save(path, &b, &sb, &o) == 0, "%s", msd_last_error());
+    msd_train_state_free(&sb, &b);
+    msd_model_free(&b);
+    struct msd_train_opts o2;
+    ck_assert_msg(msd_train_load(path, &b, &sb, &o2, be) == 0, "%s", msd_last_error());
+    ck_assert(o2.seed == o.seed && o2.batch == o.batch && o2.lr_rampup == o.lr_rampup && o2.grad_clip == o.grad_clip &&
+              o2.xflip == o.xflip && o2.policy == o.policy);
+    ck_assert_int_eq(sb.step, N / 2);
+    run_steps(&b, &sb, &data, &o2, N);
+    ck_assert_int_eq(sa.step, sb.step);
+    ck_assert(sa.images == sb.images);
+    for (int g = 0; g <= a.cfg.n_stages; g++) ck_assert_int_eq(sa.adam_steps[g], sb.adam_steps[g]);
+    ck_assert_msg(sa.adam_steps[1] > 0 && sa.adam_steps[2] > 0, "both decoders should train: %ld %ld",
+                  sa.adam_steps[1], sa.adam_steps[2]);
+    const float *x[4] = {a.w, sa.adam_m, sa.adam_v, sa.ema}, *y[4] = {b.w, sb.adam_m, sb.adam_v, sb.ema};
+    const char *names[4] = {"weights", "adam_m", "adam_v", "ema"};
+    for (int i = 0; i < 4; i++)
+        ck_assert_msg(memcmp(x[i], y[i], a.n_floats * sizeof(float)) == 0, "%s differ after resume", names[i]);
+    unlink(path);
+    rmdir(dir);
+    msd_train_state_free(&sa, &a), msd_train_state_free(&sb, &b);
+    msd_model_free(&a), msd_model_free(&b);
+    msd_data_free(&data);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("train");
+    TCase *tc = tcase_create("training");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, lognormal_frequencies);
+    tcase_add_test(tc, uniform_frequencies);
+    tcase_add_test(tc, vp_frequencies);
+    tcase_add_test(tc, restricted_law);
+    tcase_add_test(tc, only_the_routed_decoder_moves);
+    tcase_add_test(tc, resume_is_exact);
+    tcase_add_test(tc, training_lowers_heldout_loss);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
