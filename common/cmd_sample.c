@@ -55,11 +55,11 @@ static int parse_seeds(const char *text, uint64_t **seeds, int *n) {
         char *end;
         errno = 0;
         unsigned long long a = strtoull(p, &end, 10), b = a;
-        if (end == p || errno) goto bad;
+        if (end == p || errno || *p < '0' || *p > '9') goto bad; // strtoull takes "-3" and " 3"
         if (*end == '-') {
             p = end + 1;
             b = strtoull(p, &end, 10);
-            if (end == p || errno || b < a) goto bad;
+            if (end == p || errno || *p < '0' || *p > '9' || b < a) goto bad;
         }
         for (unsigned long long s = a; s <= b; s++) {
             if (*n == MAX_SEEDS) return cli_error("sample", "--seeds: more than %d seeds", MAX_SEEDS), -1;
@@ -157,7 +157,7 @@ int cmd_sample(int argc, char **argv) {
     if (!steps) steps = kind == MSD_SAMPLER_DPM_SOLVER_3 ? 20 : 18;
     uint64_t *seeds;
     int n_seeds;
-    if (parse_seeds(seeds_text, &seeds, &n_seeds) < 0) return CLI_USAGE;
+    if (parse_seeds(seeds_text, &seeds, &n_seeds) < 0) return free(seeds), CLI_USAGE; // allocated even then
     const struct msd_backend *be = cmd_backend("sample", backend);
     if (!be) return free(seeds), CLI_USAGE;
     // the schedule: dpm-solver-3 spends its evaluation budget over msd_dpm3_steps intervals
@@ -211,7 +211,7 @@ int cmd_sample(int argc, char **argv) {
     }
     if (rc == 0)
         printf("wrote %d images%s%s%s%s (%s, %d evaluations per batch)\n", n_seeds, grid ? " to " : "",
-               grid ? grid : "", outdir ? " and to " : "", outdir ? outdir : "", sampler, evals);
+               grid ? grid : "", outdir ? (grid ? " and to " : " to ") : "", outdir ? outdir : "", sampler, evals);
     if (x) be->release(x);
     free(images), free(d.sigmas), free(seeds), free(sigmas);
     msd_model_free(&m);

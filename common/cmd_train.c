@@ -41,8 +41,8 @@ const char HELP_TRAIN[] =
     "  --seed S              seed of every random draw (default 0)\n"
     "  --backend B           ref, fast or cuda (default: the fastest available)\n"
     "  --lr X                Adam's learning rate (default 1e-3)\n"
-    "  --lr-rampup IMAGES    images over which lr ramps up from 0 (default EDM's 10M, capped at a tenth\n"
-    "                        of the run's images)\n"
+    "  --lr-rampup IMAGES    images over which lr ramps up from 0 (default 200000; EDM's 10M is sized\n"
+    "                        for runs of 200M images)\n"
     "  --ema-halflife IMAGES EMA half-life (default 500000, ramped as 0.05 x images seen)\n"
     "  --clip X              clip the gradient norm at X (default 0: off, as EDM)\n"
     "  --dropout P           dropout probability (default: the preset's)\n"
@@ -77,7 +77,7 @@ int cmd_train(int argc, char **argv) {
     int steps = 0, ckpt_every = 0, snapshot_every = 0;
     uint64_t seed = 0;
     bool resume = false, separate = false, xflip = false, quiet = false;
-    double lr = 1e-3, lr_rampup = -1, ema_halflife = 500e3, clip = 0, dropout = -1, log_seconds = 5;
+    double lr = 1e-3, lr_rampup = 200e3, ema_halflife = 500e3, clip = 0, dropout = -1, log_seconds = 5;
     struct cli_ints decoders = {0};
     struct cli_doubles bounds = {0};
     struct cli_opt o[] = {
@@ -113,8 +113,7 @@ int cmd_train(int argc, char **argv) {
     int rc = cmd_parse("train", argc, argv, o, COUNT(o), &done);
     if (done) return rc;
     const int n = COUNT(o);
-    if (!(lr > 0) || !(ema_halflife > 0) || !(clip >= 0) || !(log_seconds > 0) ||
-        (given(o, n, "--lr-rampup") && !(lr_rampup >= 0)))
+    if (!(lr > 0) || !(ema_halflife > 0) || !(clip >= 0) || !(log_seconds > 0) || !(lr_rampup >= 0))
         return cli_error("train", "--lr, --ema-halflife and --log-seconds must be > 0, --clip and --lr-rampup >= 0");
     if (given(o, n, "--dropout") && !(dropout >= 0 && dropout < 1))
         return cli_error("train", "--dropout: expected a probability in [0, 1), got %g", dropout);
@@ -142,6 +141,13 @@ int cmd_train(int argc, char **argv) {
         if (msd_train_load(path, &m, &st, &to, be) < 0) {
             free(data_spec);
             return cmd_fail();
+        }
+        if (target <= st.step) {
+            msd_train_state_free(&st, &m);
+            msd_model_free(&m);
+            free(data_spec);
+            return cli_error("train", "--steps %ld: the run in %s is already at step %ld; give a larger --steps to "
+                             "continue it", target, out, st.step);
         }
         printf("resuming %s at step %ld (%.0f images seen), training to step %ld on backend %s\n", out, st.step,
                st.images, target, be->name);
@@ -173,7 +179,7 @@ int cmd_train(int argc, char **argv) {
         to.batch = batch;
         if (policy && parse_policy(policy, &to.policy)) return CLI_USAGE;
         to.lr = lr;
-        to.lr_rampup = lr_rampup >= 0 ? lr_rampup : fmin(10e6, 0.1 * (double)steps * batch);
+        to.lr_rampup = lr_rampup;
         to.ema_halflife = ema_halflife;
         to.grad_clip = clip;
         to.xflip = xflip;

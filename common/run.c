@@ -190,17 +190,37 @@ static void report(struct progress *p, const struct msd_model *m, const struct m
     memset(p->stage_count, 0, sizeof p->stage_count);
 }
 
-static FILE *open_log(const struct msd_model *m, const struct msd_run_opts *r) {
-    char path[4096];
+// Open log.csv for appending: a new log gets its header; a resumed one first loses the rows past
+// the step the state was saved at (a hard kill between a row and the next checkpoint leaves such
+// rows, which the resumed run writes again).
+static FILE *open_log(const struct msd_model *m, const struct msd_run_opts *r, long saved_step) {
+    char path[4096], tmp[4200];
     path_in(path, sizeof path, r->dir, "log.csv");
-    struct stat sb;
-    const bool fresh = stat(path, &sb) != 0 || sb.st_size == 0;
+    FILE *old = fopen(path, "r");
+    if (old) {
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *keep = fopen(tmp, "w");
+        if (!keep) {
+            fclose(old);
+            msd_set_error("cannot write '%s': %s", tmp, strerror(errno));
+            return NULL;
+        }
+        char line[4096];
+        for (int row = 0; fgets(line, sizeof line, old); row++)
+            if (row == 0 || strtol(line, NULL, 10) <= saved_step) fputs(line, keep);
+        fclose(old);
+        if (fclose(keep) != 0 || rename(tmp, path) < 0) {
+            remove(tmp);
+            msd_set_error("cannot rewrite the log '%s': %s", path, strerror(errno));
+            return NULL;
+        }
+    }
     FILE *f = fopen(path, "a");
     if (!f) {
         msd_set_error("cannot open the log '%s': %s", path, strerror(errno));
         return NULL;
     }
-    if (fresh) {
+    if (!old) {
         fprintf(f, "step,images,loss");
         for (int s = 0; s < m->cfg.n_stages; s++) fprintf(f, ",loss_stage%d", s);
         fprintf(f, ",lr,grad_norm,images_per_s,seconds\n");
@@ -216,7 +236,7 @@ int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct 
     if (ensure_dir(r->dir) < 0) return -1;
     if (msd_model_plan(m, o->batch, true) < 0) return -1;
     struct progress p = {0};
-    p.csv = open_log(m, r);
+    p.csv = open_log(m, r, st->step);
     if (!p.csv) return -1;
     p.t_start = p.t_last = now_seconds();
     p.step_start = st->step;
