@@ -113,7 +113,7 @@ bench:
 # The demo: a short multistage training run on Fashion-MNIST and an 8x8 grid of samples. The budget
 # is sized so that the whole target stays under 10 minutes on 2 cores with the ref backend; a faster
 # backend, when built, is picked automatically and runs the same steps in less time.
-DEMO_STEPS ?= 40
+DEMO_STEPS ?= 30
 DEMO_BATCH ?= 8
 DEMO_SAMPLE_STEPS ?= 6
 demo: deps

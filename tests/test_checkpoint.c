@@ -9,9 +9,8 @@
 // message that names the file and says what is wrong, and an empty model; (4) unknown preset names.
 // Does not hold: the safetensors format itself (test_safetensors.c) or the network's numbers
 // (test_model.c). Bad files are written by hand (write_image: 8-byte length, JSON, data) or through
-// msd_st_write with crafted entries. Temp files live in one mkdtemp directory under /tmp.
+// msd_st_write with crafted entries. Temp files live in the suite's temporary directory.
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -19,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "../common/backend.h"
 #include "../common/checkpoint.h"
@@ -31,38 +29,9 @@
 #include "testutil.h"
 
 static const struct msd_backend *be = &msd_backend_ref;
-static char tmpdir[256]; // set by main before the suite runs (forked tests inherit it)
 
 #define SEED 20240611u // weights of every saved test model
 
-static const char *tpath(const char *name) {
-    static char buf[4][512]; // up to four live paths at a time
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
-// The whole file at path into memory (*n bytes; the caller frees).
-static unsigned char *slurp(const char *path, size_t *n) {
-    FILE *fp = fopen(path, "rb");
-    ck_assert_msg(fp != NULL, "cannot open %s: %s", path, strerror(errno));
-    ck_assert_msg(fseek(fp, 0, SEEK_END) == 0, "seek %s", path);
-    long len = ftell(fp);
-    ck_assert_msg(len >= 0 && fseek(fp, 0, SEEK_SET) == 0, "tell %s", path);
-    unsigned char *b = malloc((size_t)len + 1);
-    ck_assert_msg(b != NULL && fread(b, 1, (size_t)len, fp) == (size_t)len, "read %s", path);
-    fclose(fp);
-    *n = (size_t)len;
-    return b;
-}
-
-static void write_bytes(const char *path, const void *bytes, size_t n) {
-    FILE *fp = fopen(path, "wb");
-    ck_assert_msg(fp != NULL, "cannot create test file %s: %s", path, strerror(errno));
-    ck_assert_msg(fwrite(bytes, 1, n, fp) == n, "short write to %s", path);
-    ck_assert_msg(fclose(fp) == 0, "close of %s failed", path);
-}
 
 // Two configs are equal when their JSON texts are: every field is written, floats in the shortest form
 // that reads back exactly (memcmp would also compare padding).
@@ -312,7 +281,7 @@ static void check_names(const char *preset, const char *dump_file, int want_filt
                   n_filters / 2, dump_file, want_filter_blocks);
 
     // a saved checkpoint: exactly the parameters, the filters and the config
-    const char *path = tpath("names.safetensors");
+    const char *path = test_path("names.safetensors");
     ck_assert_msg(msd_checkpoint_save(&m, path, NULL, NULL, 0) == 0, "%s", msd_last_error());
     struct msd_st_file f;
     ck_assert_msg(msd_st_read(&f, path) == 0, "%s", msd_last_error());
@@ -378,7 +347,7 @@ static float *denoise(struct msd_model *m, const float *x_host, size_t n, double
 START_TEST(round_trip) {
     struct msd_model a, b;
     make_model(&a, "tiny-ms");
-    const char *pa = tpath("a.safetensors"), *pb = tpath("b.safetensors");
+    const char *pa = test_path("a.safetensors"), *pb = test_path("b.safetensors");
     const char *key = "note", *val = "round trip \"quoted\"";
     ck_assert_msg(msd_checkpoint_save(&a, pa, &key, &val, 1) == 0, "save: %s", msd_last_error());
     ck_assert_msg(msd_checkpoint_load(&b, pa, be) == 0, "load: %s", msd_last_error());
@@ -409,7 +378,7 @@ START_TEST(round_trip) {
     msd_st_free(&f);
     ck_assert_msg(msd_checkpoint_save(&b, pb, &key, &val, 1) == 0, "save again: %s", msd_last_error());
     size_t na, nb;
-    unsigned char *fa = slurp(pa, &na), *fb = slurp(pb, &nb);
+    unsigned char *fa = (unsigned char *)test_read_file(pa, &na), *fb = (unsigned char *)test_read_file(pb, &nb);
     size_t at = 0;
     while (at < na && at < nb && fa[at] == fb[at]) at++;
     ck_assert_msg(na == nb && at == na, "re-saved file differs: %zu and %zu bytes, first difference at "
@@ -444,10 +413,10 @@ END_TEST
 // 3. Bad files: the file layer
 
 START_TEST(bad_truncated) {
-    const char *good = tpath("good.safetensors"), *cut = tpath("cut.safetensors");
+    const char *good = test_path("good.safetensors"), *cut = test_path("cut.safetensors");
     save_preset("tiny-ms", good);
     size_t n;
-    unsigned char *b = slurp(good, &n);
+    unsigned char *b = (unsigned char *)test_read_file(good, &n);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | b[i];
     ck_assert_msg(8 + hl < n, "test bug: header length %llu, file %zu", (unsigned long long)hl, n);
@@ -455,7 +424,7 @@ START_TEST(bad_truncated) {
     const size_t h = 8 + (size_t)hl; // where the data starts
     const size_t lengths[] = {0, 4, 7, 8, 8 + (size_t)hl / 2, h, h + data / 2, n - 4, n - 1};
     for (int i = 0; i < (int)(sizeof lengths / sizeof lengths[0]); i++) {
-        write_bytes(cut, b, lengths[i]);
+        test_write_file(cut, b, lengths[i]);
         char what[96];
         snprintf(what, sizeof what, "cut at %zu of %zu bytes", lengths[i], n);
         // past the header the first tensor whose bytes are missing is out of range: "truncated file?"
@@ -467,15 +436,15 @@ START_TEST(bad_truncated) {
 END_TEST
 
 START_TEST(bad_header_length) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny", good);
     size_t n;
-    unsigned char *b = slurp(good, &n);
+    unsigned char *b = (unsigned char *)test_read_file(good, &n);
     const uint64_t lens[2] = {(uint64_t)n - 7, 1ull << 40}; // one byte past the end; absurd
     const char *word[2] = {"runs past the end", "absurd"};
     for (int c = 0; c < 2; c++) {
         for (int i = 0; i < 8; i++) b[i] = (unsigned char)(lens[c] >> (8 * i));
-        write_bytes(bad, b, n);
+        test_write_file(bad, b, n);
         EXPECT_LOAD_FAILS(bad, word[c], word[c]);
     }
     free(b);
@@ -484,7 +453,7 @@ START_TEST(bad_header_length) {
 END_TEST
 
 START_TEST(bad_overlapping_offsets) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny", good);
     struct image im;
     image_load(&im, good);
@@ -502,7 +471,7 @@ START_TEST(bad_overlapping_offsets) {
 END_TEST
 
 START_TEST(bad_offsets_out_of_range) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny", good);
     struct image im;
     image_load(&im, good);
@@ -528,7 +497,7 @@ START_TEST(bad_offsets_out_of_range) {
 END_TEST
 
 START_TEST(bad_dtype) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny-ms", good);
     struct image im;
     image_load(&im, good);
@@ -551,7 +520,7 @@ END_TEST
 // 3. Bad files: the model layer
 
 START_TEST(bad_missing_tensor) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny-ms", good);
     struct image im;
     image_load(&im, good);
@@ -569,7 +538,7 @@ START_TEST(bad_missing_tensor) {
 END_TEST
 
 START_TEST(bad_shape) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny-ms", good);
     struct image im;
     image_load(&im, good);
@@ -608,7 +577,7 @@ START_TEST(bad_shape) {
 END_TEST
 
 START_TEST(bad_config_metadata) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny", good);
     struct image im;
     image_load(&im, good);
@@ -639,7 +608,7 @@ static char *replace(const char *json, const char *from, const char *to) {
 }
 
 START_TEST(bad_config_values) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny", good);
     struct image im;
     image_load(&im, good);
@@ -665,8 +634,8 @@ START_TEST(bad_config_values) {
 END_TEST
 
 START_TEST(bad_config_disagrees) {
-    const char *uni = tpath("tiny.safetensors"), *ms = tpath("tiny-ms.safetensors");
-    const char *bad = tpath("bad.safetensors");
+    const char *uni = test_path("tiny.safetensors"), *ms = test_path("tiny-ms.safetensors");
+    const char *bad = test_path("bad.safetensors");
     save_preset("tiny", uni);
     save_preset("tiny-ms", ms);
     struct image iu, im;
@@ -702,7 +671,7 @@ START_TEST(bad_config_disagrees) {
 END_TEST
 
 START_TEST(bad_resample_filter) {
-    const char *good = tpath("good.safetensors"), *bad = tpath("bad.safetensors");
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     save_preset("tiny-ms", good);
     struct image im;
     image_load(&im, good);
@@ -738,8 +707,8 @@ START_TEST(bad_resample_filter) {
 END_TEST
 
 START_TEST(bad_path) {
-    EXPECT_LOAD_FAILS(tpath("does-not-exist.safetensors"), "missing file", "cannot open");
-    EXPECT_LOAD_FAILS(tmpdir, "a directory", "checkpoint"); // fopen of a directory, or "not a regular file"
+    EXPECT_LOAD_FAILS(test_path("does-not-exist.safetensors"), "missing file", "cannot open");
+    EXPECT_LOAD_FAILS(test_tmpdir(), "a directory", "checkpoint"); // fopen of a directory, or "not a regular file"
 }
 END_TEST
 
@@ -771,25 +740,8 @@ END_TEST
 
 // ---------------------------------------------------------------------------------------------------
 
-static void remove_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char p[1024];
-    for (struct dirent *de; (de = readdir(d)) != NULL;) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        remove(p); // the tests make files only
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/msd-test-checkpoint-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        fprintf(stderr, "test_checkpoint: mkdtemp failed: %s\n", strerror(errno));
-        return 1;
-    }
+    test_tmpdir_make("checkpoint"); // before the tests fork: they share it
     Suite *s = suite_create("checkpoint");
     TCase *tc = tcase_create("checkpoint");
     tcase_set_timeout(tc, 60);
@@ -811,6 +763,6 @@ int main(void) {
     tcase_add_test(tc, unknown_preset);
     suite_add_tcase(s, tc);
     int rc = run_suite(s);
-    remove_dir(tmpdir);
+    test_tmpdir_remove();
     return rc;
 }

@@ -4,14 +4,9 @@
 // info --model, denoise against msd_denoise_forward called in this process (bit for bit), and every
 // bad command line a user is likely to type. Also the strict number parsing of common/cli.h.
 #include <cjson/cJSON.h>
-#include <fcntl.h>
-#include <dirent.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../common/checkpoint.h"
@@ -23,125 +18,15 @@
 #include "testutil.h"
 
 // ---------------------------------------------------------------------------------------------------
-// A temporary directory per test case (made and removed outside the forked tests), and running the
-// program with its output captured.
+// The program runs through MSDIFF (testutil.h), its files go to the temporary directory (test_path).
 
-static char tmpdir[64];
-
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/msdiff-test-cli-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void remove_tmpdir(void) {
-    DIR *d = opendir(tmpdir);
-    if (!d) return;
-    char path[512];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", tmpdir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
-
-// tmpdir/name, in one of 64 rotating buffers: a test holds a handful of paths at once.
-static const char *tpath(const char *name) {
-    static char buf[64][256];
-    static int k;
-    char *p = buf[k++ % 64];
-    snprintf(p, 256, "%s/%s", tmpdir, name);
-    return p;
-}
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    ck_assert_msg(s && fread(s, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
-    s[n] = '\0';
-    fclose(f);
-    if (len) *len = (size_t)n;
-    return s;
-}
-
-static bool exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-struct run {
-    int status; // the exit status, or 128 + the signal
-    char *out, *err;
-    char line[512]; // the command line, for messages
-};
-
-// Run ./msdiff with the NULL-terminated arguments.
-static struct run msdiff(const char *arg, ...) {
-    const char *argv[40] = {"./msdiff"};
-    struct run r = {0};
-    int argc = 1;
-    size_t len = (size_t)snprintf(r.line, sizeof r.line, "msdiff");
-    va_list ap;
-    va_start(ap, arg);
-    for (const char *a = arg; a && argc < 39; a = va_arg(ap, const char *)) {
-        argv[argc++] = a;
-        if (len < sizeof r.line) len += (size_t)snprintf(r.line + len, sizeof r.line - len, " %s", a);
-    }
-    va_end(ap);
-    argv[argc] = NULL;
-    char out[256], err[256]; // not from tpath: every run would use up two of its buffers
-    snprintf(out, sizeof out, "%s/stdout.txt", tmpdir);
-    snprintf(err, sizeof err, "%s/stderr.txt", tmpdir);
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_msg(pid >= 0, "fork failed");
-    if (pid == 0) {
-        int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0) _exit(126);
-        execv("./msdiff", (char *const *)argv);
-        _exit(127);
-    }
-    int st;
-    ck_assert_msg(waitpid(pid, &st, 0) == pid, "waitpid failed");
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    ck_assert_msg(r.status != 127, "could not run ./msdiff (run the tests from the repository root after make)");
-    r.out = read_all(out, NULL);
-    r.err = read_all(err, NULL);
-    return r;
-}
-
-static void run_free(struct run *r) {
-    free(r->out);
-    free(r->err);
-}
-
-static void expect_ok(const struct run *r) {
-    ck_assert_msg(r->status == 0, "'%s' exited with %d, want 0; stderr: %s", r->line, r->status, r->err);
-}
-
-// A bad command line: exit status `status` and a one-line message on stderr holding `needle`.
-static void expect_fail(const struct run *r, int status, const char *needle) {
-    ck_assert_msg(r->status == status, "'%s' exited with %d, want %d; stderr: %s", r->line, r->status, status,
-                  r->err);
-    ck_assert_msg(strstr(r->err, needle), "'%s': stderr does not name '%s': %s", r->line, needle, r->err);
-    ck_assert_msg(strchr(r->err, '\n') == r->err + strlen(r->err) - 1, "'%s': want one line on stderr, got: %s",
-                  r->line, r->err);
-}
-
-// Run msdiff with the arguments and expect_fail(status, needle).
+// A bad command line: run msdiff with the arguments, expect exit status `status` and one line on
+// stderr holding `needle`.
 #define FAILS(status, needle, ...)                                                                   \
     do {                                                                                             \
-        struct run r_ = msdiff(__VA_ARGS__, NULL);                                                   \
-        expect_fail(&r_, status, needle);                                                            \
-        run_free(&r_);                                                                               \
+        struct test_run r_ = MSDIFF(__VA_ARGS__);                                                    \
+        TEST_EXPECT_FAIL(&r_, status, needle);                                                       \
+        test_run_free(&r_);                                                                          \
     } while (0)
 
 // The line of text whose first non-blank characters are `prefix`, or "" (copied into a static buffer).
@@ -162,8 +47,8 @@ static const char *line_of(const char *text, const char *prefix) {
 // info
 
 static void check_info(const char *preset, const char *params, const char *const *macs, int n_stages) {
-    struct run r = msdiff("info", "--preset", preset, NULL);
-    expect_ok(&r);
+    struct test_run r = MSDIFF("info", "--preset", preset);
+    test_expect_ok(&r);
     ck_assert_msg(strstr(line_of(r.out, "parameters"), params), "info --preset %s: want '%s' parameters, got: %s",
                   preset, params, r.out);
     for (int s = 0; s < n_stages; s++) {
@@ -177,7 +62,7 @@ static void check_info(const char *preset, const char *params, const char *const
     snprintf(label, sizeof label, "stage %d ", n_stages);
     ck_assert_msg(line_of(r.out, label)[0] == '\0', "info --preset %s lists more than %d stages: %s", preset,
                   n_stages, r.out);
-    run_free(&r);
+    test_run_free(&r);
 }
 
 START_TEST(info_paper_counts) {
@@ -186,21 +71,21 @@ START_TEST(info_paper_counts) {
                (const char *[]){"35,750,150,144", "21,190,213,632", "7,725,498,368"}, 3);
     check_info("mini", "1,752,993", (const char *[]){"340,216,960"}, 1);
     check_info("mini-ms", "4,325,179", (const char *[]){"604,495,232", "340,216,960", "120,481,792"}, 3);
-    struct run r = msdiff("info", "--preset", "cifar10", NULL);
+    struct test_run r = MSDIFF("info", "--preset", "cifar10");
     ck_assert_msg(strstr(r.out, "21,190,213,632 MAC (21.19 GMAC)"), "GMAC text missing: %s", r.out);
     ck_assert_msg(strstr(line_of(r.out, "kind"), "unified"), "cifar10 is not called unified: %s", r.out);
-    run_free(&r);
-    r = msdiff("info", "--preset", "cifar10-ms", NULL);
+    test_run_free(&r);
+    r = MSDIFF("info", "--preset", "cifar10-ms");
     ck_assert_msg(strstr(line_of(r.out, "kind"), "multistage"), "cifar10-ms is not called multistage: %s", r.out);
     ck_assert_msg(strstr(line_of(r.out, "boundaries"), "2.5103, 7.6577"), "boundaries missing: %s", r.out);
     ck_assert_msg(strstr(line_of(r.out, "decoder widths"), "192, 128, 16"), "decoder widths missing: %s", r.out);
-    run_free(&r);
+    test_run_free(&r);
 }
 END_TEST
 
 START_TEST(info_json) {
-    struct run r = msdiff("info", "--preset", "mini-ms", "--json", NULL);
-    expect_ok(&r);
+    struct test_run r = MSDIFF("info", "--preset", "mini-ms", "--json");
+    test_expect_ok(&r);
     cJSON *j = cJSON_Parse(r.out);
     ck_assert_msg(j != NULL, "info --json does not print JSON: %s", r.out);
     const cJSON *p = cJSON_GetObjectItem(j, "parameters"), *macs = cJSON_GetObjectItem(j, "macs_per_image");
@@ -212,23 +97,23 @@ START_TEST(info_json) {
                       r.out);
     ck_assert_msg(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "kind")), "multistage"), "kind: %s", r.out);
     cJSON_Delete(j);
-    run_free(&r);
+    test_run_free(&r);
 }
 END_TEST
 
 START_TEST(info_bad_lines) {
-    struct run r = msdiff("info", "--preset", "nosuch", NULL);
+    struct test_run r = MSDIFF("info", "--preset", "nosuch");
     ck_assert_msg(r.status == 1 || r.status == 2, "unknown preset exited with %d: %s", r.status, r.err);
     for (int i = 0; msd_preset_names[i]; i++)
         ck_assert_msg(strstr(r.err, msd_preset_names[i]), "unknown preset: message does not list '%s': %s",
                       msd_preset_names[i], r.err);
-    run_free(&r);
+    test_run_free(&r);
     FAILS(2, "--preset", "info");
     FAILS(2, "exactly one", "info", "--preset", "mini", "--model", "x.safetensors");
     FAILS(2, "--preset needs a value", "info", "--preset");
     FAILS(2, "--verbose", "info", "--preset", "mini", "--verbose");
     FAILS(2, "twice", "info", "--preset", "mini", "--preset", "tiny");
-    FAILS(1, "absent.safetensors", "info", "--model", tpath("absent.safetensors"));
+    FAILS(1, "absent.safetensors", "info", "--model", test_path("absent.safetensors"));
 }
 END_TEST
 
@@ -237,21 +122,21 @@ END_TEST
 
 // info --model of a fresh checkpoint prints what info --preset prints, but for its first line.
 static void check_init_roundtrip(const char *preset) {
-    const char *ck = tpath("roundtrip.safetensors");
-    struct run r = msdiff("init", "--preset", preset, "--seed", "3", "--out", ck, NULL);
-    expect_ok(&r);
+    const char *ck = test_path("roundtrip.safetensors");
+    struct test_run r = MSDIFF("init", "--preset", preset, "--seed", "3", "--out", ck);
+    test_expect_ok(&r);
     ck_assert_msg(strstr(r.out, ck), "init does not say what it wrote: %s", r.out);
-    struct run a = msdiff("info", "--preset", preset, NULL), b = msdiff("info", "--model", ck, NULL);
-    expect_ok(&a);
-    expect_ok(&b);
+    struct test_run a = MSDIFF("info", "--preset", preset), b = MSDIFF("info", "--model", ck);
+    test_expect_ok(&a);
+    test_expect_ok(&b);
     const char *ta = strchr(a.out, '\n'), *tb = strchr(b.out, '\n');
     ck_assert_msg(ta && tb && !strcmp(ta, tb), "%s: info --model differs from info --preset:\n%s\n---\n%s", preset,
                   a.out, b.out);
     ck_assert_msg(strstr(b.out, "checkpoint") && strstr(b.out, ck), "info --model does not name the file: %s",
                   b.out);
-    run_free(&r);
-    run_free(&a);
-    run_free(&b);
+    test_run_free(&r);
+    test_run_free(&a);
+    test_run_free(&b);
     unlink(ck);
 }
 
@@ -263,48 +148,49 @@ START_TEST(init_info_roundtrip) {
 END_TEST
 
 START_TEST(init_deterministic) {
-    const char *a = tpath("det-a.safetensors"), *b = tpath("det-b.safetensors"), *c = tpath("det-c.safetensors");
-    struct run r1 = msdiff("init", "--preset", "tiny-ms", "--seed", "1", "--out", a, NULL);
-    struct run r2 = msdiff("init", "--preset", "tiny-ms", "--seed", "1", "--out", b, NULL);
-    struct run r3 = msdiff("init", "--preset", "tiny-ms", "--seed", "2", "--out", c, NULL);
-    expect_ok(&r1);
-    expect_ok(&r2);
-    expect_ok(&r3);
+    const char *a = test_path("det-a.safetensors"), *b = test_path("det-b.safetensors");
+    const char *c = test_path("det-c.safetensors");
+    struct test_run r1 = MSDIFF("init", "--preset", "tiny-ms", "--seed", "1", "--out", a);
+    struct test_run r2 = MSDIFF("init", "--preset", "tiny-ms", "--seed", "1", "--out", b);
+    struct test_run r3 = MSDIFF("init", "--preset", "tiny-ms", "--seed", "2", "--out", c);
+    test_expect_ok(&r1);
+    test_expect_ok(&r2);
+    test_expect_ok(&r3);
     size_t na, nb, nc;
-    char *da = read_all(a, &na), *db = read_all(b, &nb), *dc = read_all(c, &nc);
+    char *da = test_read_file(a, &na), *db = test_read_file(b, &nb), *dc = test_read_file(c, &nc);
     ck_assert_msg(na == nb && !memcmp(da, db, na), "init --seed 1 twice gives different files (%zu, %zu bytes)",
                   na, nb);
     ck_assert_msg(na != nc || memcmp(da, dc, na), "init --seed 1 and --seed 2 give the same file");
     free(da);
     free(db);
     free(dc);
-    run_free(&r1);
-    run_free(&r2);
-    run_free(&r3);
+    test_run_free(&r1);
+    test_run_free(&r2);
+    test_run_free(&r3);
 }
 END_TEST
 
 START_TEST(init_overrides) {
-    const char *ck = tpath("over.safetensors");
-    struct run r = msdiff("init", "--preset", "tiny-ms", "--decoders", "8,8,4", "--boundaries", "0.5,2", "--out",
-                          ck, NULL);
-    expect_ok(&r);
-    run_free(&r);
-    r = msdiff("info", "--model", ck, NULL);
-    expect_ok(&r);
+    const char *ck = test_path("over.safetensors");
+    struct test_run r = MSDIFF("init", "--preset", "tiny-ms", "--decoders", "8,8,4", "--boundaries", "0.5,2",
+                               "--out", ck);
+    test_expect_ok(&r);
+    test_run_free(&r);
+    r = MSDIFF("info", "--model", ck);
+    test_expect_ok(&r);
     ck_assert_msg(strstr(line_of(r.out, "decoder widths"), "8, 8, 4"), "--decoders not applied: %s", r.out);
     ck_assert_msg(strstr(line_of(r.out, "boundaries"), "0.5, 2"), "--boundaries not applied: %s", r.out);
     ck_assert_msg(line_of(r.out, "stage 2 ")[0] && !line_of(r.out, "stage 3 ")[0], "want 3 stages: %s", r.out);
-    run_free(&r);
+    test_run_free(&r);
     unlink(ck);
 
-    r = msdiff("init", "--preset", "tiny", "--separate", "--decoders", "8,4", "--boundaries", "1", "--out", ck, NULL);
-    expect_ok(&r);
-    run_free(&r);
-    r = msdiff("info", "--model", ck, NULL);
+    r = MSDIFF("init", "--preset", "tiny", "--separate", "--decoders", "8,4", "--boundaries", "1", "--out", ck);
+    test_expect_ok(&r);
+    test_run_free(&r);
+    r = MSDIFF("info", "--model", ck);
     ck_assert_msg(strstr(line_of(r.out, "kind"), "separate") && line_of(r.out, "network 1")[0],
                   "--separate not applied: %s", r.out);
-    run_free(&r);
+    test_run_free(&r);
     unlink(ck);
 
     // bad lines: each names the flag, and nothing is written
@@ -320,18 +206,18 @@ START_TEST(init_overrides) {
         {"--decoders", "6", "GroupNorm"}, // valid flags, invalid network: the config's message
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        r = msdiff("init", "--preset", "tiny-ms", "--out", ck, bad[i][0], bad[i][1], NULL);
-        expect_fail(&r, 2, bad[i][2]);
-        ck_assert_msg(!exists(ck), "'%s' failed but wrote %s", r.line, ck);
-        run_free(&r);
+        r = MSDIFF("init", "--preset", "tiny-ms", "--out", ck, bad[i][0], bad[i][1]);
+        TEST_EXPECT_FAIL(&r, 2, bad[i][2]);
+        ck_assert_msg(!test_exists(ck), "'%s' failed but wrote %s", r.line, ck);
+        test_run_free(&r);
     }
     FAILS(2, "missing --out", "init", "--preset", "tiny");
     FAILS(2, "missing --preset", "init", "--out", ck);
-    r = msdiff("init", "--preset", "nosuch", "--out", ck, NULL);
+    r = MSDIFF("init", "--preset", "nosuch", "--out", ck);
     ck_assert_msg((r.status == 1 || r.status == 2) && strstr(r.err, "tiny-ms"), "unknown preset: %d %s", r.status,
                   r.err);
-    run_free(&r);
-    FAILS(1, "no/such/dir.safetensors", "init", "--preset", "tiny", "--out", tpath("no/such/dir.safetensors"));
+    test_run_free(&r);
+    FAILS(1, "no/such/dir.safetensors", "init", "--preset", "tiny", "--out", test_path("no/such/dir.safetensors"));
 }
 END_TEST
 
@@ -385,21 +271,22 @@ static void read_output(const char *path, float *D, const char *sigma, const cha
 }
 
 static void check_denoise(const char *preset, const char *sigma_text) {
-    const char *ck = tpath("dn.safetensors"), *in = tpath("dn-x.safetensors");
-    const char *o1 = tpath("dn-1.safetensors"), *o2 = tpath("dn-2.safetensors"), *o3 = tpath("dn-3.safetensors");
-    struct run r = msdiff("init", "--preset", preset, "--seed", "7", "--out", ck, NULL);
-    expect_ok(&r);
-    run_free(&r);
+    const char *ck = test_path("dn.safetensors"), *in = test_path("dn-x.safetensors");
+    const char *o1 = test_path("dn-1.safetensors"), *o2 = test_path("dn-2.safetensors");
+    const char *o3 = test_path("dn-3.safetensors");
+    struct test_run r = MSDIFF("init", "--preset", preset, "--seed", "7", "--out", ck);
+    test_expect_ok(&r);
+    test_run_free(&r);
     write_input(in, "x", NB, 2, 8, 11);
-    struct run a = msdiff("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o1, NULL);
-    struct run b = msdiff("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o2, NULL);
-    struct run c = msdiff("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o3, "--batch",
-                          "2", "--backend", "ref", NULL);
-    expect_ok(&a);
-    expect_ok(&b);
-    expect_ok(&c);
+    struct test_run a = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o1);
+    struct test_run b = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o2);
+    struct test_run c = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o3,
+                               "--batch", "2", "--backend", "ref");
+    test_expect_ok(&a);
+    test_expect_ok(&b);
+    test_expect_ok(&c);
     size_t n1, n2;
-    char *f1 = read_all(o1, &n1), *f2 = read_all(o2, &n2);
+    char *f1 = test_read_file(o1, &n1), *f2 = test_read_file(o2, &n2);
     ck_assert_msg(n1 == n2 && !memcmp(f1, f2, n1), "%s: two denoise runs give different files", preset);
     float got[NB * IMG], batched[NB * IMG], want[NB * IMG];
     read_output(o1, got, sigma_text, ck);
@@ -412,9 +299,9 @@ static void check_denoise(const char *preset, const char *sigma_text) {
     ck_assert_msg(strstr(c.out, "batch 2"), "denoise --batch 2 does not report its batch: %s", c.out);
     free(f1);
     free(f2);
-    run_free(&a);
-    run_free(&b);
-    run_free(&c);
+    test_run_free(&a);
+    test_run_free(&b);
+    test_run_free(&c);
 }
 
 START_TEST(denoise_matches_library) {
@@ -425,10 +312,10 @@ START_TEST(denoise_matches_library) {
 END_TEST
 
 START_TEST(denoise_bad_input) {
-    const char *ck = tpath("bad.safetensors"), *out = tpath("bad-out.safetensors");
-    struct run r = msdiff("init", "--preset", "tiny", "--out", ck, NULL);
-    expect_ok(&r);
-    run_free(&r);
+    const char *ck = test_path("bad.safetensors"), *out = test_path("bad-out.safetensors");
+    struct test_run r = MSDIFF("init", "--preset", "tiny", "--out", ck);
+    test_expect_ok(&r);
+    test_run_free(&r);
     // wrong shapes and a missing tensor: a failure (1) naming the file, the tensor and the shape
     const struct { const char *name; int64_t n, c, res; const char *needle; } files[] = {
         {"x", 2, 3, 8, "[2, 3, 8, 8]"},
@@ -436,35 +323,35 @@ START_TEST(denoise_bad_input) {
         {"y", 2, 2, 8, "no tensor \"x\""},
     };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        const char *in = tpath("bad-x.safetensors");
+        const char *in = test_path("bad-x.safetensors");
         write_input(in, files[i].name, files[i].n, files[i].c, files[i].res, 5);
-        r = msdiff("denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out, NULL);
-        expect_fail(&r, 1, files[i].needle);
+        r = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out);
+        TEST_EXPECT_FAIL(&r, 1, files[i].needle);
         ck_assert_msg(strstr(r.err, in) && strstr(r.err, "[N, 2, 8, 8]"), "'%s': message should name the file and "
                       "the expected shape: %s", r.line, r.err);
-        ck_assert_msg(!exists(out), "'%s' failed but wrote %s", r.line, out);
-        run_free(&r);
+        ck_assert_msg(!test_exists(out), "'%s' failed but wrote %s", r.line, out);
+        test_run_free(&r);
     }
-    const char *in = tpath("good-x.safetensors");
+    const char *in = test_path("good-x.safetensors");
     write_input(in, "x", 2, 2, 8, 5);
     // bad command lines: status 2 naming the flag
     const char *sigmas[] = {"0", "-1", "nan", "inf", "abc", "1e999"};
     for (size_t i = 0; i < sizeof sigmas / sizeof sigmas[0]; i++) {
-        r = msdiff("denoise", "--model", ck, "--input", in, "--sigma", sigmas[i], "--out", out, NULL);
-        expect_fail(&r, 2, "--sigma");
-        run_free(&r);
+        r = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigmas[i], "--out", out);
+        TEST_EXPECT_FAIL(&r, 2, "--sigma");
+        test_run_free(&r);
     }
     FAILS(2, "missing --model", "denoise", "--input", in, "--sigma", "1", "--out", out);
     FAILS(2, "--bogus", "denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out, "--bogus", "1");
     FAILS(2, "--batch", "denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out, "--batch", "0");
     FAILS(2, "--backend", "denoise", "--model", ck, "--input", in, "--sigma", "1", "--out", out, "--backend", "nosuch");
     // files that are missing or not safetensors: a failure naming the file
-    FAILS(1, "absent.safetensors", "denoise", "--model", tpath("absent.safetensors"), "--input", in, "--sigma", "1", "--out", out);
-    FILE *f = fopen(tpath("junk.safetensors"), "wb");
-    fputs("this is not a safetensors file", f);
-    fclose(f);
-    FAILS(1, "junk.safetensors", "denoise", "--model", ck, "--input", tpath("junk.safetensors"), "--sigma", "1", "--out", out);
-    ck_assert_msg(!exists(out), "a failed denoise wrote %s", out);
+    FAILS(1, "absent.safetensors", "denoise", "--model", test_path("absent.safetensors"), "--input", in, "--sigma",
+          "1", "--out", out);
+    const char *junk = test_path("junk.safetensors"), *text = "this is not a safetensors file";
+    test_write_file(junk, text, strlen(text));
+    FAILS(1, "junk.safetensors", "denoise", "--model", ck, "--input", junk, "--sigma", "1", "--out", out);
+    ck_assert_msg(!test_exists(out), "a failed denoise wrote %s", out);
 }
 END_TEST
 
@@ -473,20 +360,20 @@ END_TEST
 
 START_TEST(dispatch_and_help) {
     const char *cmds[] = {"info", "init", "denoise", "backends", "version", "help"};
-    struct run r = msdiff(NULL);
+    struct test_run r = MSDIFF(NULL);
     ck_assert_msg(r.status == 2 && r.out[0] == '\0', "msdiff without a command: status %d, stdout '%s'", r.status,
                   r.out);
     for (size_t i = 0; i < 6; i++)
         ck_assert_msg(strstr(r.err, cmds[i]), "usage on stderr does not list '%s': %s", cmds[i], r.err);
-    run_free(&r);
-    struct run h = msdiff("help", NULL), h2 = msdiff("--help", NULL);
-    expect_ok(&h);
-    expect_ok(&h2);
+    test_run_free(&r);
+    struct test_run h = MSDIFF("help"), h2 = MSDIFF("--help");
+    test_expect_ok(&h);
+    test_expect_ok(&h2);
     ck_assert_msg(!strcmp(h.out, h2.out), "msdiff help and msdiff --help differ");
     for (size_t i = 0; i < 6; i++)
         ck_assert_msg(strstr(h.out, cmds[i]), "msdiff help does not list '%s': %s", cmds[i], h.out);
-    run_free(&h);
-    run_free(&h2);
+    test_run_free(&h);
+    test_run_free(&h2);
     // every command's help: the same both ways, with its usage, every flag and an example
     const char *flags[][7] = {
         {"--preset", "--model", "--json", NULL},
@@ -495,9 +382,9 @@ START_TEST(dispatch_and_help) {
         {NULL}, {NULL}, {NULL},
     };
     for (size_t i = 0; i < 6; i++) {
-        struct run a = msdiff("help", cmds[i], NULL), b = msdiff(cmds[i], "--help", NULL);
-        expect_ok(&a);
-        expect_ok(&b);
+        struct test_run a = MSDIFF("help", cmds[i]), b = MSDIFF(cmds[i], "--help");
+        test_expect_ok(&a);
+        test_expect_ok(&b);
         ck_assert_msg(!strcmp(a.out, b.out), "msdiff help %s and msdiff %s --help differ", cmds[i], cmds[i]);
         char usage[64];
         snprintf(usage, sizeof usage, "usage: msdiff %s", cmds[i]);
@@ -505,17 +392,17 @@ START_TEST(dispatch_and_help) {
                       cmds[i], a.out);
         for (int k = 0; flags[i][k]; k++)
             ck_assert_msg(strstr(a.out, flags[i][k]), "help %s does not describe %s", cmds[i], flags[i][k]);
-        run_free(&a);
-        run_free(&b);
+        test_run_free(&a);
+        test_run_free(&b);
     }
     FAILS(2, "nosuch", "help", "nosuch");
     FAILS(2, "nosuch", "nosuch");
-    r = msdiff("version", NULL);
+    r = MSDIFF("version");
     ck_assert_msg(r.status == 0 && !strncmp(r.out, "msdiff ", 7), "version: %d %s", r.status, r.out);
-    run_free(&r);
-    r = msdiff("backends", NULL);
+    test_run_free(&r);
+    r = MSDIFF("backends");
     ck_assert_msg(r.status == 0 && strstr(r.out, "ref   available"), "backends: %d %s", r.status, r.out);
-    run_free(&r);
+    test_run_free(&r);
 }
 END_TEST
 
@@ -555,7 +442,6 @@ int main(void) {
     Suite *s = suite_create("cli");
     TCase *tc = tcase_create("program");
     tcase_set_timeout(tc, 600);
-    tcase_add_unchecked_fixture(tc, make_tmpdir, remove_tmpdir);
     tcase_add_test(tc, info_paper_counts);
     tcase_add_test(tc, info_json);
     tcase_add_test(tc, info_bad_lines);
@@ -567,5 +453,8 @@ int main(void) {
     tcase_add_test(tc, dispatch_and_help);
     tcase_add_test(tc, cli_numbers);
     suite_add_tcase(s, tc);
-    return run_suite(s);
+    test_tmpdir_make("cli"); // before the tests fork: they share it
+    int rc = run_suite(s);
+    test_tmpdir_remove();
+    return rc;
 }

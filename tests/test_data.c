@@ -5,10 +5,8 @@
 // reproducibility and the index/flip formula, and one test per kind of bad input, each checking the
 // -1, the file name and a word of the message, and that *d came back zeroed.
 // Does not hold: PNG encoding details (test_png.c).
-// Temp files live in one mkdtemp directory under /tmp, a subfolder per test, removed at the end.
+// Temp files live in the suite's temporary directory (testutil.h), a subfolder per test.
 #include <check.h>
-#include <dirent.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,21 +20,9 @@
 #include "../common/rng.h"
 #include "testutil.h"
 
-static char tmpdir[256]; // set by main before the suite runs (forked tests inherit it)
-
-// A fresh folder tmpdir/name into buf.
-static void subdir(char *buf, size_t cap, const char *name) {
-    snprintf(buf, cap, "%s/%s", tmpdir, name);
-    ck_assert_msg(mkdir(buf, 0755) == 0, "mkdir %s: %s", buf, strerror(errno));
-}
-
+// The file dir/name holds bytes[0..n).
 static void write_bytes(const char *dir, const char *name, const void *bytes, size_t n) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *fp = fopen(path, "wb");
-    ck_assert_msg(fp != NULL, "cannot create test file %s: %s", path, strerror(errno));
-    ck_assert_msg(n == 0 || fwrite(bytes, 1, n, fp) == n, "short write to %s", path);
-    ck_assert_msg(fclose(fp) == 0, "close of %s failed", path);
+    test_write_file(test_pathf("%s/%s", dir, name), bytes, n);
 }
 
 // An IDX file dir/name: big-endian magic and dims, then n bytes of data; gzip-compressed when gz.
@@ -55,8 +41,7 @@ static void write_idx(const char *dir, const char *name, uint32_t magic, const u
         write_bytes(dir, name, buf, len);
         return;
     }
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    const char *path = test_pathf("%s/%s", dir, name);
     gzFile g = gzopen(path, "wb");
     ck_assert_msg(g != NULL, "gzopen %s", path);
     ck_assert_msg(gzwrite(g, buf, (unsigned)len) == (int)len, "gzwrite %s", path);
@@ -243,8 +228,7 @@ START_TEST(batch_xflip) {
 END_TEST
 
 START_TEST(images_in_order) {
-    char dir[512];
-    subdir(dir, sizeof dir, "order");
+    const char *dir = test_subdir("order");
     write_fmnist(dir, "train", 5, 4, 0); // uncompressed files are read too
     struct msd_dataset d;
     char spec[600];
@@ -269,21 +253,19 @@ END_TEST
 
 START_TEST(fmnist_missing) {
     char spec[600];
-    snprintf(spec, sizeof spec, "fmnist:%s/nowhere", tmpdir);
+    snprintf(spec, sizeof spec, "fmnist:%s/nowhere", test_tmpdir());
     expect_fail(spec, "train-images-idx3-ubyte.gz", "dataset-fashion-mnist");
-    snprintf(spec, sizeof spec, "fmnist:test:%s/nowhere", tmpdir);
+    snprintf(spec, sizeof spec, "fmnist:test:%s/nowhere", test_tmpdir());
     expect_fail(spec, "t10k-images-idx3-ubyte.gz", "dataset-fashion-mnist");
     expect_fail("fmnist:", "fmnist:", "empty folder name");
 }
 END_TEST
 
 START_TEST(fmnist_labels_missing) {
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, "nolabels");
+    const char *dir = test_subdir("nolabels");
+    char spec[600];
     write_fmnist(dir, "train", 3, 4, 1);
-    char path[600];
-    snprintf(path, sizeof path, "%s/train-labels-idx1-ubyte.gz", dir);
-    remove(path);
+    remove(test_pathf("%s/train-labels-idx1-ubyte.gz", dir));
     snprintf(spec, sizeof spec, "fmnist:%s", dir);
     expect_fail(spec, "train-labels-idx1-ubyte.gz", "cannot open");
 }
@@ -312,8 +294,8 @@ static const struct bad_idx {
 
 START_TEST(fmnist_bad_images) {
     const struct bad_idx *c = &BAD_IDX[_i];
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, c->name);
+    const char *dir = test_subdir(c->name);
+    char spec[600];
     static uint8_t zeros[4096], labels[256];
     write_idx(dir, "train-images-idx3-ubyte.gz", c->magic, c->dims, c->ndims, zeros, c->bytes, 1);
     write_idx(dir, "train-labels-idx1-ubyte.gz", 0x801, (uint32_t[]){c->labels}, 1, labels, c->labels, 1);
@@ -324,10 +306,10 @@ END_TEST
 
 // The gzip stream itself cut short (the last half of the compressed file gone).
 START_TEST(fmnist_truncated_stream) {
-    char dir[512], path[600], spec[600];
-    subdir(dir, sizeof dir, "cut");
+    const char *dir = test_subdir("cut");
+    char spec[600];
     write_fmnist(dir, "train", 40, 16, 1);
-    snprintf(path, sizeof path, "%s/train-images-idx3-ubyte.gz", dir);
+    const char *path = test_pathf("%s/train-images-idx3-ubyte.gz", dir);
     struct stat st;
     ck_assert_msg(stat(path, &st) == 0 && truncate(path, st.st_size / 2) == 0, "cannot cut %s", path);
     snprintf(spec, sizeof spec, "fmnist:%s", dir);
@@ -336,8 +318,8 @@ START_TEST(fmnist_truncated_stream) {
 END_TEST
 
 START_TEST(fmnist_corrupt_stream) {
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, "corrupt");
+    const char *dir = test_subdir("corrupt");
+    char spec[600];
     write_fmnist(dir, "train", 3, 4, 1);
     // a gzip header followed by bytes that are not a deflate stream
     const unsigned char bad[] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
@@ -348,8 +330,8 @@ START_TEST(fmnist_corrupt_stream) {
 END_TEST
 
 START_TEST(fmnist_labels_wrong_magic) {
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, "lmagic");
+    const char *dir = test_subdir("lmagic");
+    char spec[600];
     write_fmnist(dir, "train", 3, 4, 1);
     write_idx(dir, "train-labels-idx1-ubyte.gz", 0x803, (uint32_t[]){3}, 1, (uint8_t[3]){0}, 3, 1);
     snprintf(spec, sizeof spec, "fmnist:%s", dir);
@@ -358,8 +340,8 @@ START_TEST(fmnist_labels_wrong_magic) {
 END_TEST
 
 START_TEST(fmnist_bad_label) {
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, "label");
+    const char *dir = test_subdir("label");
+    char spec[600];
     write_fmnist(dir, "train", 3, 4, 1);
     write_idx(dir, "train-labels-idx1-ubyte.gz", 0x801, (uint32_t[]){3}, 1, (uint8_t[]){1, 10, 2}, 3, 1);
     snprintf(spec, sizeof spec, "fmnist:%s", dir);
@@ -393,8 +375,8 @@ static void check_cifar(const struct msd_dataset *d, int n) {
 }
 
 START_TEST(cifar_train_and_test) {
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, "cifar");
+    const char *dir = test_subdir("cifar");
+    char spec[600];
     int counts[5] = {1, 2, 1, 1, 1}, first = 0;
     for (int f = 0; f < 5; f++) {
         char name[32];
@@ -414,10 +396,8 @@ START_TEST(cifar_train_and_test) {
     ck_assert_msg(strstr(d.source, "test") != NULL, "source '%s'", d.source);
     msd_data_free(&d);
     // the parent of cifar-10-batches-bin/ is accepted too
-    char sub[600];
-    subdir(dir, sizeof dir, "cifar-parent");
-    snprintf(sub, sizeof sub, "%s/cifar-10-batches-bin", dir);
-    ck_assert(mkdir(sub, 0755) == 0);
+    dir = test_subdir("cifar-parent");
+    const char *sub = test_subdir("cifar-parent/cifar-10-batches-bin");
     write_cifar(sub, "test_batch.bin", 2, 0);
     snprintf(spec, sizeof spec, "cifar10:test:%s", dir);
     open_ok(&d, spec);
@@ -427,8 +407,8 @@ START_TEST(cifar_train_and_test) {
 END_TEST
 
 START_TEST(cifar_wrong_size) {
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, "cifar-size");
+    const char *dir = test_subdir("cifar-size");
+    char spec[600];
     static uint8_t buf[3073 * 2 + 5];
     write_bytes(dir, "test_batch.bin", buf, sizeof buf);
     snprintf(spec, sizeof spec, "cifar10:test:%s", dir);
@@ -437,8 +417,8 @@ START_TEST(cifar_wrong_size) {
 END_TEST
 
 START_TEST(cifar_missing_batch) {
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, "cifar-missing");
+    const char *dir = test_subdir("cifar-missing");
+    char spec[600];
     for (int f = 1; f <= 4; f++) {
         char name[32];
         snprintf(name, sizeof name, "data_batch_%d.bin", f);
@@ -446,7 +426,7 @@ START_TEST(cifar_missing_batch) {
     }
     snprintf(spec, sizeof spec, "cifar10:%s", dir);
     expect_fail(spec, "data_batch_5.bin", "missing");
-    snprintf(spec, sizeof spec, "cifar10:%s/nowhere", tmpdir);
+    snprintf(spec, sizeof spec, "cifar10:%s/nowhere", test_tmpdir());
     expect_fail(spec, "nowhere", "cifar-10-batches-bin");
     expect_fail("cifar10", "cifar10", "needs its folder");
     expect_fail("cifar10:test", "cifar10:test", "needs its folder");
@@ -454,8 +434,8 @@ START_TEST(cifar_missing_batch) {
 END_TEST
 
 START_TEST(cifar_empty_and_bad_label) {
-    char dir[512], spec[600];
-    subdir(dir, sizeof dir, "cifar-empty");
+    const char *dir = test_subdir("cifar-empty");
+    char spec[600];
     write_bytes(dir, "test_batch.bin", "", 0);
     snprintf(spec, sizeof spec, "cifar10:test:%s", dir);
     expect_fail(spec, "test_batch.bin", "empty");
@@ -474,14 +454,11 @@ static void put_png(const char *dir, const char *name, int C, int H, int W, int 
     static float img[3 * 64 * 64];
     ck_assert_msg(C * H * W <= (int)(sizeof img / sizeof img[0]), "test bug");
     for (int i = 0; i < C * H * W; i++) img[i] = (float)((seed + i) % 256) / 127.5f - 1.0f;
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    ck_assert_msg(msd_png_write(path, img, C, H, W) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_png_write(test_pathf("%s/%s", dir, name), img, C, H, W) == 0, "%s", msd_last_error());
 }
 
 START_TEST(png_folder_loads_sorted) {
-    char dir[512];
-    subdir(dir, sizeof dir, "pngs");
+    const char *dir = test_subdir("pngs");
     put_png(dir, "b.png", 3, 8, 8, 20);
     put_png(dir, "a.png", 3, 8, 8, 10);
     put_png(dir, "c.PNG", 3, 8, 8, 30);
@@ -502,16 +479,14 @@ START_TEST(png_folder_loads_sorted) {
 END_TEST
 
 START_TEST(png_folder_empty) {
-    char dir[512];
-    subdir(dir, sizeof dir, "empty");
+    const char *dir = test_subdir("empty");
     write_bytes(dir, "readme.txt", "x", 1);
     expect_fail(dir, dir, "empty folder: no *.png files");
 }
 END_TEST
 
 START_TEST(png_folder_not_png) {
-    char dir[512];
-    subdir(dir, sizeof dir, "notpng");
+    const char *dir = test_subdir("notpng");
     put_png(dir, "a.png", 1, 4, 4, 0);
     write_bytes(dir, "x.png", "hello, this is text", 19);
     expect_fail(dir, "x.png", "not a PNG file");
@@ -519,11 +494,10 @@ START_TEST(png_folder_not_png) {
 END_TEST
 
 START_TEST(png_folder_corrupt) {
-    char dir[512], path[600];
-    subdir(dir, sizeof dir, "corruptpng");
+    const char *dir = test_subdir("corruptpng");
     put_png(dir, "a.png", 1, 32, 32, 0);
     put_png(dir, "b.png", 1, 32, 32, 0);
-    snprintf(path, sizeof path, "%s/b.png", dir);
+    const char *path = test_pathf("%s/b.png", dir);
     struct stat st;
     ck_assert_msg(stat(path, &st) == 0 && truncate(path, st.st_size - 20) == 0, "cannot cut %s", path);
     expect_fail(dir, "b.png", "truncated");
@@ -531,8 +505,7 @@ START_TEST(png_folder_corrupt) {
 END_TEST
 
 START_TEST(png_folder_mixed_sizes) {
-    char dir[512];
-    subdir(dir, sizeof dir, "sizes");
+    const char *dir = test_subdir("sizes");
     put_png(dir, "a.png", 1, 28, 28, 0);
     put_png(dir, "b.png", 1, 32, 32, 0);
     expect_fail(dir, "'a.png' is 28x28 but 'b.png' is 32x32", "same size");
@@ -540,8 +513,7 @@ START_TEST(png_folder_mixed_sizes) {
 END_TEST
 
 START_TEST(png_folder_mixed_channels) {
-    char dir[512];
-    subdir(dir, sizeof dir, "mixed");
+    const char *dir = test_subdir("mixed");
     put_png(dir, "a.png", 1, 8, 8, 0);
     put_png(dir, "b.png", 3, 8, 8, 0);
     expect_fail(dir, "'a.png' is gray but 'b.png' is RGB", "may not mix");
@@ -549,45 +521,24 @@ START_TEST(png_folder_mixed_channels) {
 END_TEST
 
 START_TEST(png_folder_not_square) {
-    char dir[512];
-    subdir(dir, sizeof dir, "nonsquare");
+    const char *dir = test_subdir("nonsquare");
     put_png(dir, "a.png", 3, 6, 8, 0);
     expect_fail(dir, "a.png", "expected square images");
 }
 END_TEST
 
 START_TEST(png_folder_nonexistent) {
-    char path[600];
-    snprintf(path, sizeof path, "%s/does-not-exist", tmpdir);
+    const char *path = test_path("does-not-exist");
     expect_fail(path, path, "No such file or directory");
-    snprintf(path, sizeof path, "%s/plainfile", tmpdir);
-    write_bytes(tmpdir, "plainfile", "x", 1);
+    path = test_path("plainfile");
+    test_write_file(path, "x", 1);
     expect_fail(path, path, "not a directory");
     expect_fail("", "data set", "empty name");
 }
 END_TEST
 
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char p[1024];
-    for (struct dirent *de; (de = readdir(d)) != NULL;) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
-        else remove(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/msd-test-data-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        fprintf(stderr, "test_data: mkdtemp failed: %s\n", strerror(errno));
-        return 1;
-    }
+    test_tmpdir_make("data"); // before the tests fork: they share it
     Suite *s = suite_create("data");
     TCase *tc = tcase_create("data");
     tcase_set_timeout(tc, 120);
@@ -618,6 +569,6 @@ int main(void) {
     tcase_add_test(tc, png_folder_nonexistent);
     suite_add_tcase(s, tc);
     int rc = run_suite(s);
-    remove_tree(tmpdir);
+    test_tmpdir_remove();
     return rc;
 }

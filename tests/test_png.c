@@ -6,18 +6,14 @@
 // every colour type and bit depth libpng can store (palette, tRNS, 1/4/16-bit, alpha, Adam7), made with
 // libpng's full writer here, read as 8-bit gray or RGB; the writer's failure paths (no .tmp left);
 // corrupt files, and random damage that must give 0 or -1 but never a crash.
-// Temp files live in one mkdtemp directory under /tmp, removed at the end.
+// Temp files live in the suite's temporary directory (testutil.h).
 #include <check.h>
-#include <dirent.h>
-#include <errno.h>
 #include <math.h>
 #include <png.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include "../common/data.h"
@@ -25,15 +21,6 @@
 #include "../common/png.h"
 #include "../common/rng.h"
 #include "testutil.h"
-
-static char tmpdir[256]; // set by main before the suite runs (forked tests inherit it)
-
-static void tpath(char *buf, size_t cap, const char *name) { snprintf(buf, cap, "%s/%s", tmpdir, name); }
-
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
 
 static float byte_to_float(uint8_t b) { return (float)b / 127.5f - 1.0f; }
 
@@ -70,11 +57,9 @@ static void round_trip(int C, int H, int W, uint64_t seed) {
     uint8_t *bytes = malloc(n), *got = NULL;
     float *img = malloc(n * sizeof *img);
     random_image(bytes, img, n, seed);
-    char path[512], tmp[520];
-    tpath(path, sizeof path, "rt.png");
+    const char *path = test_path("rt.png"), *tmp = test_path("rt.png.tmp");
     ck_assert_msg(msd_png_write(path, img, C, H, W) == 0, "write: %s", msd_last_error());
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    ck_assert_msg(!exists(tmp), "%s left behind", tmp);
+    ck_assert_msg(!test_exists(tmp), "%s left behind", tmp);
     int c, h, w;
     ck_assert_msg(msd_png_read(path, &got, &c, &h, &w) == 0, "read: %s", msd_last_error());
     ck_assert_msg(c == C && h == H && w == W, "wrote %dx%dx%d, read %dx%dx%d", C, H, W, c, h, w);
@@ -114,13 +99,10 @@ static void folder_round_trip(int C, const char *name) {
     uint8_t bytes[N * 3 * R * R];
     float img[N * 3 * R * R], back[N * 3 * R * R];
     random_image(bytes, img, N * per, 10 + (uint64_t)C);
-    char dir[512], path[600];
-    tpath(dir, sizeof dir, name);
-    ck_assert(mkdir(dir, 0755) == 0);
-    for (int k = 0; k < N; k++) {
-        snprintf(path, sizeof path, "%s/img%02d.png", dir, k);
-        ck_assert_msg(msd_png_write(path, img + k * per, C, R, R) == 0, "%s", msd_last_error());
-    }
+    const char *dir = test_subdir(name);
+    for (int k = 0; k < N; k++)
+        ck_assert_msg(msd_png_write(test_pathf("%s/img%02d.png", dir, k), img + k * per, C, R, R) == 0, "%s",
+                      msd_last_error());
     struct msd_dataset d;
     ck_assert_msg(msd_data_open(&d, dir) == 0, "%s", msd_last_error());
     ck_assert_msg(d.n == N && d.channels == C && d.res == R, "loaded %d of %dx%dx%d, wrote %d of %dx%dx%d",
@@ -144,8 +126,7 @@ START_TEST(rounding_and_clamping) {
     const uint8_t want[] = {0, 255, 128, 0, 255, 0, 255, 0, 0, 1, 254, 255, 255, 0};
     enum { N = sizeof want };
     _Static_assert(sizeof v / sizeof v[0] == N, "one expected byte per value");
-    char path[512];
-    tpath(path, sizeof path, "round.png");
+    const char *path = test_path("round.png");
     ck_assert_msg(msd_png_write(path, v, 1, 1, N) == 0, "%s", msd_last_error());
     uint8_t *got;
     int c, h, w;
@@ -167,8 +148,7 @@ static void check_grid(int n, int C, int R, int cols, int pad) {
         bytes[i] = (uint8_t)(i % 97 + (i % 97 >= 64 ? 100 : 0));
         imgs[i] = byte_to_float(bytes[i]);
     }
-    char path[512];
-    tpath(path, sizeof path, "grid.png");
+    const char *path = test_path("grid.png");
     ck_assert_msg(msd_png_grid(path, imgs, n, C, R, cols, pad) == 0, "%s", msd_last_error());
     int W, H, rows = (n + cols - 1) / cols;
     uint8_t *g = read_simple(path, C == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB, C == 3, &W, &H);
@@ -201,8 +181,7 @@ START_TEST(grid_layout) {
 END_TEST
 
 START_TEST(grid_bad_args) {
-    char path[512];
-    tpath(path, sizeof path, "badgrid.png");
+    const char *path = test_path("badgrid.png");
     float img[16] = {0};
     const struct { int n, C, R, cols, pad; const char *word; } bad[] = {
         {0, 1, 4, 1, 2, "at least 1 image"}, {1, 1, 4, 0, 2, "columns"}, {1, 1, 4, 1, -1, "padding"},
@@ -215,7 +194,7 @@ START_TEST(grid_bad_args) {
         ck_assert_msg(rc == -1, "case %zu accepted", i);
         ck_assert_msg(strstr(msg, path) && strstr(msg, bad[i].word), "case %zu: message '%s' lacks '%s'", i,
                       msg, bad[i].word);
-        ck_assert_msg(!exists(path), "case %zu wrote a file", i);
+        ck_assert_msg(!test_exists(path), "case %zu wrote a file", i);
     }
 }
 END_TEST
@@ -299,8 +278,7 @@ START_TEST(read_formats) {
          p2_want},
         {"RGB Adam7", 9, 7, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_ADAM7, il, 27, NULL, 0, NULL, 0, 3, il_want},
     };
-    char path[512];
-    tpath(path, sizeof path, "format.png");
+    const char *path = test_path("format.png");
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         const struct raw_png *p = &cases[k];
         write_raw_png(path, p);
@@ -321,24 +299,22 @@ END_TEST
 
 START_TEST(write_failures) {
     float img[12] = {0};
-    char path[512], tmp[520];
-    tpath(path, sizeof path, "no-such-dir/x.png");
+    const char *path = test_path("no-such-dir/x.png");
     ck_assert(msd_png_write(path, img, 1, 2, 2) == -1);
     ck_assert_msg(strstr(msd_last_error(), path) && strstr(msd_last_error(), "cannot create"), "'%s'",
                   msd_last_error());
     // the target is a directory: the rename fails and the .tmp goes
-    tpath(path, sizeof path, "a-dir.png");
-    ck_assert(mkdir(path, 0755) == 0);
+    path = test_subdir("a-dir.png");
     ck_assert(msd_png_write(path, img, 3, 2, 2) == -1);
     ck_assert_msg(strstr(msd_last_error(), path) && strstr(msd_last_error(), "rename"), "'%s'", msd_last_error());
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    ck_assert_msg(!exists(tmp), "%s left behind after a failed write", tmp);
+    const char *tmp = test_path("a-dir.png.tmp");
+    ck_assert_msg(!test_exists(tmp), "%s left behind after a failed write", tmp);
     // bad arguments
-    tpath(path, sizeof path, "bad.png");
+    path = test_path("bad.png");
     ck_assert(msd_png_write(path, img, 2, 2, 2) == -1 && strstr(msd_last_error(), "channels"));
     ck_assert(msd_png_write(path, img, 1, 0, 2) == -1 && strstr(msd_last_error(), "size"));
     ck_assert(msd_png_write(path, img, 1, 2, 20000) == -1 && strstr(msd_last_error(), "16384"));
-    ck_assert_msg(!exists(path), "a failed write left %s", path);
+    ck_assert_msg(!test_exists(path), "a failed write left %s", path);
 }
 END_TEST
 
@@ -347,23 +323,21 @@ static size_t good_png(uint8_t *buf, size_t cap) {
     float img[3 * 16 * 16];
     uint8_t bytes[3 * 16 * 16];
     random_image(bytes, img, sizeof bytes, 77);
-    char path[512];
-    tpath(path, sizeof path, "good.png");
+    const char *path = test_path("good.png");
     ck_assert_msg(msd_png_write(path, img, 3, 16, 16) == 0, "%s", msd_last_error());
-    FILE *fp = fopen(path, "rb");
-    size_t n = fread(buf, 1, cap, fp);
-    fclose(fp);
+    size_t n;
+    char *file = test_read_file(path, &n);
     ck_assert_msg(n > 100 && n < cap, "good.png is %zu bytes", n);
+    memcpy(buf, file, n);
+    free(file);
     return n;
 }
 
 // Write bytes as bad.png; msd_png_read fails naming the file and `word` (NULL: any message), and
 // leaves its outputs empty.
 static void expect_read_fails(const uint8_t *bytes, size_t n, const char *what, const char *word) {
-    char path[512];
-    tpath(path, sizeof path, "bad.png");
-    FILE *fp = fopen(path, "wb");
-    ck_assert(fp && (n == 0 || fwrite(bytes, 1, n, fp) == n) && fclose(fp) == 0);
+    const char *path = test_path("bad.png");
+    test_write_file(path, bytes, n);
     uint8_t *px = (uint8_t *)1;
     int C = 9, H = 9, W = 9;
     msd_clear_error();
@@ -397,13 +371,11 @@ START_TEST(read_errors) {
     for (int i = 0; i < 4; i++) bad[29 + i] = (uint8_t)(crc >> (24 - 8 * i));
     expect_read_fails(bad, n, "huge width", "limit");
     // not a file at all
-    char path[512];
-    tpath(path, sizeof path, "dir.png");
-    ck_assert(mkdir(path, 0755) == 0);
+    const char *path = test_subdir("dir.png");
     uint8_t *px;
     int C, H, W;
     ck_assert(msd_png_read(path, &px, &C, &H, &W) == -1 && strstr(msd_last_error(), "not a regular file"));
-    tpath(path, sizeof path, "missing.png");
+    path = test_path("missing.png");
     ck_assert(msd_png_read(path, &px, &C, &H, &W) == -1 && strstr(msd_last_error(), "No such file"));
 }
 END_TEST
@@ -413,8 +385,7 @@ END_TEST
 START_TEST(random_damage_never_crashes) {
     static uint8_t buf[8192], bad[8192];
     size_t n = good_png(buf, sizeof buf);
-    char path[512];
-    tpath(path, sizeof path, "damaged.png");
+    const char *path = test_path("damaged.png");
     int failed = 0, trials = 400;
     for (int t = 0; t < trials; t++) {
         memcpy(bad, buf, n);
@@ -426,8 +397,7 @@ START_TEST(random_damage_never_crashes) {
                 uint32_t q = msd_rng_u32(99, MSD_STREAM_TEST, (uint64_t)t * 8 + 1 + (uint64_t)k);
                 bad[8 + q % (n - 8)] ^= (uint8_t)(1 + (q >> 16) % 255);
             }
-        FILE *fp = fopen(path, "wb");
-        ck_assert(fp && fwrite(bad, 1, len, fp) == len && fclose(fp) == 0);
+        test_write_file(path, bad, len);
         uint8_t *px;
         int C, H, W;
         int rc = msd_png_read(path, &px, &C, &H, &W);
@@ -446,27 +416,8 @@ START_TEST(random_damage_never_crashes) {
 }
 END_TEST
 
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char p[1024];
-    for (struct dirent *de; (de = readdir(d)) != NULL;) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
-        else remove(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/msd-test-png-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        fprintf(stderr, "test_png: mkdtemp failed: %s\n", strerror(errno));
-        return 1;
-    }
+    test_tmpdir_make("png"); // before the tests fork: they share it
     Suite *s = suite_create("png");
     TCase *tc = tcase_create("png");
     tcase_set_timeout(tc, 60);
@@ -483,6 +434,6 @@ int main(void) {
     tcase_add_test(tc, random_damage_never_crashes);
     suite_add_tcase(s, tc);
     int rc = run_suite(s);
-    remove_tree(tmpdir);
+    test_tmpdir_remove();
     return rc;
 }

@@ -5,37 +5,20 @@
 // (each checks the -1 and a word of the message), the float32 getter's shape and dtype errors, F16 and
 // BF16 conversion of known values, and the atomic writer's failure paths (no .tmp and no file left).
 // Does not hold: model-specific checkpoint contents (the model tests check those names and shapes).
-// Temp files live in one mkdtemp directory under /tmp, removed at the end.
+// Temp files live in the suite's temporary directory (testutil.h).
 #include <check.h>
 #include <dirent.h>
-#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../common/error.h"
 #include "../common/rng.h"
 #include "../common/safetensors.h"
-
-static char tmpdir[256]; // set by main before the suite runs (forked tests inherit it)
-
-static void tpath(char *buf, size_t cap, const char *name) { snprintf(buf, cap, "%s/%s", tmpdir, name); }
-
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static void write_bytes(const char *path, const void *bytes, size_t n) {
-    FILE *fp = fopen(path, "wb");
-    ck_assert_msg(fp != NULL, "cannot create test file %s: %s", path, strerror(errno));
-    ck_assert_msg(fwrite(bytes, 1, n, fp) == n, "short write to %s", path);
-    ck_assert_msg(fclose(fp) == 0, "close of %s failed", path);
-}
+#include "testutil.h"
 
 // A safetensors file by hand into buf: u64 little-endian strlen(header), the header, data[0..data_len).
 static size_t raw_image(unsigned char *buf, size_t cap, const char *header, const void *data,
@@ -50,14 +33,13 @@ static size_t raw_image(unsigned char *buf, size_t cap, const char *header, cons
 
 static void write_raw(const char *path, const char *header, const void *data, size_t data_len) {
     unsigned char buf[1024];
-    write_bytes(path, buf, raw_image(buf, sizeof buf, header, data, data_len));
+    test_write_file(path, buf, raw_image(buf, sizeof buf, header, data, data_len));
 }
 
 // Write bytes[0..n) as a file, read it, and check -1, a message with `word` and the path, a zeroed *f.
 static void expect_fail_bytes(const void *bytes, size_t n, const char *what, const char *word) {
-    char path[512];
-    tpath(path, sizeof path, "corrupt.safetensors");
-    write_bytes(path, bytes, n);
+    const char *path = test_path("corrupt.safetensors");
+    test_write_file(path, bytes, n);
     struct msd_st_file f;
     msd_clear_error();
     int rc = msd_st_read(&f, path);
@@ -92,11 +74,9 @@ START_TEST(test_round_trip) {
         {"scale", 0, {0}, &s}, {"empty", 2, {0, 5}, NULL},   // a scalar and an empty (0, 5)
     };
     const char *keys[2] = {"config", "note"}, *vals[2] = {"{\"a\": [1, 2]}", "quote \" back \\ nl \n tab \t"};
-    char path[512], tmp[520];
-    tpath(path, sizeof path, "rt.safetensors");
+    const char *path = test_path("rt.safetensors"), *tmp = test_path("rt.safetensors.tmp");
     ck_assert_msg(msd_st_write(path, e, 4, keys, vals, 2) == 0, "write failed: %s", msd_last_error());
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    ck_assert_msg(!exists(tmp), "%s left behind after a successful write", tmp);
+    ck_assert_msg(!test_exists(tmp), "%s left behind after a successful write", tmp);
 
     struct msd_st_file f;
     ck_assert_msg(msd_st_read(&f, path) == 0, "read back failed: %s", msd_last_error());
@@ -133,8 +113,8 @@ END_TEST
 START_TEST(test_data_aligned) {
     // names of every length mod 8, with and without metadata, so every amount of padding occurs
     float x[3] = {1, 2, 3};
-    char path[512], name[16];
-    tpath(path, sizeof path, "align.safetensors");
+    const char *path = test_path("align.safetensors");
+    char name[16];
     const char *k[1] = {"m"}, *v[1] = {"v"};
     for (int len = 1; len <= 9; len++)
         for (int n_meta = 0; n_meta <= 1; n_meta++) {
@@ -166,9 +146,9 @@ END_TEST
 // tests/data/<name>, else ../shared/testdata/<name> (both relative to the repo root, where tests run).
 static const char *testdata(char *buf, size_t cap, const char *name) {
     snprintf(buf, cap, "tests/data/%s", name);
-    if (exists(buf)) return buf;
+    if (test_exists(buf)) return buf;
     snprintf(buf, cap, "../shared/testdata/%s", name);
-    ck_assert_msg(exists(buf), "test data %s not found in tests/data/ or ../shared/testdata/ (run the "
+    ck_assert_msg(test_exists(buf), "test data %s not found in tests/data/ or ../shared/testdata/ (run the "
                   "tests from the repo root)", name);
     return buf;
 }
@@ -207,8 +187,7 @@ static void check_reference_file(const char *name, int n_tensors, uint32_t first
         e[i].data = (const float *)(const void *)(f.data + f.tensors[i].begin); // begin is 4-aligned in F32
     }
     const char *keys[1] = {"sigmas"}, *vals[1] = {sig};
-    char out[512];
-    tpath(out, sizeof out, "rewrite.safetensors");
+    const char *out = test_path("rewrite.safetensors");
     ck_assert_msg(msd_st_write(out, e, f.n_tensors, keys, vals, 1) == 0, "rewrite: %s", msd_last_error());
     struct msd_st_file g;
     ck_assert_msg(msd_st_read(&g, out) == 0, "reading the rewrite: %s", msd_last_error());
@@ -310,8 +289,7 @@ START_TEST(test_random_damage_never_crashes) {
     for (int i = 0; i < 12; i++) x[i] = (float)i;
     struct msd_st_entry e[3] = {{"a.w", 2, {2, 3}, x}, {"a.b", 1, {2}, x + 6}, {"c", 0, {0}, x + 8}};
     const char *k[1] = {"config"}, *v[1] = {"{\"sigmas\": [0.3, 5.0]}"};
-    char path[512];
-    tpath(path, sizeof path, "damaged.safetensors");
+    const char *path = test_path("damaged.safetensors");
     ck_assert_msg(msd_st_write(path, e, 3, k, v, 1) == 0, "write: %s", msd_last_error());
     unsigned char good[1024], bad[1024];
     FILE *fp = fopen(path, "rb");
@@ -334,7 +312,7 @@ START_TEST(test_random_damage_never_crashes) {
                 bad[at] = kind == 1 ? (unsigned char)near[r % strlen(near)] : (unsigned char)r;
             }
         }
-        write_bytes(path, bad, len);
+        test_write_file(path, bad, len);
         struct msd_st_file f;
         msd_clear_error();
         int rc = msd_st_read(&f, path);
@@ -353,12 +331,11 @@ END_TEST
 
 START_TEST(test_missing_and_odd_files) {
     struct msd_st_file f;
-    char path[512];
-    tpath(path, sizeof path, "does-not-exist.safetensors");
+    const char *path = test_path("does-not-exist.safetensors");
     ck_assert_msg(msd_st_read(&f, path) == -1, "a missing file was accepted");
     ck_assert_msg(strstr(msd_last_error(), "cannot open") && strstr(msd_last_error(), path),
                   "message '%s' lacks 'cannot open' and the path", msd_last_error());
-    ck_assert_msg(msd_st_read(&f, tmpdir) == -1, "a directory was accepted as a file");
+    ck_assert_msg(msd_st_read(&f, test_tmpdir()) == -1, "a directory was accepted as a file");
     ck_assert_msg(strstr(msd_last_error(), "regular file"), "message '%s' lacks 'regular file'",
                   msd_last_error());
 }
@@ -367,18 +344,19 @@ END_TEST
 // ---------------------------------------------------------------------------------------------------
 // The float32 getter
 
-static void read_small(struct msd_st_file *f, char *path, size_t cap) {
+// Write a small file and read it into *f; returns its path.
+static const char *read_small(struct msd_st_file *f) {
     float x[6] = {1, 2, 3, 4, 5, 6};
     struct msd_st_entry e = {"layer.weight", 2, {3, 2}, x};
-    tpath(path, cap, "small.safetensors");
+    const char *path = test_path("small.safetensors");
     ck_assert_msg(msd_st_write(path, &e, 1, NULL, NULL, 0) == 0, "write: %s", msd_last_error());
     ck_assert_msg(msd_st_read(f, path) == 0, "read: %s", msd_last_error());
+    return path;
 }
 
 START_TEST(test_get_missing_tensor) {
     struct msd_st_file f;
-    char path[512];
-    read_small(&f, path, sizeof path);
+    const char *path = read_small(&f);
     ck_assert_msg(msd_st_find(&f, "layer.bias") == NULL, "msd_st_find found a tensor that is not there");
     float y[2];
     ck_assert_msg(msd_st_get_f32(&f, "layer.bias", 1, (int64_t[]){2}, y) == -1, "a missing tensor was found");
@@ -393,8 +371,7 @@ END_TEST
 
 START_TEST(test_get_wrong_shape) {
     struct msd_st_file f;
-    char path[512];
-    read_small(&f, path, sizeof path);
+    const char *path = read_small(&f);
     float y[6];
     ck_assert_msg(msd_st_get_f32(&f, "layer.weight", 2, (int64_t[]){2, 3}, y) == -1,
                   "[2, 3] accepted for [3, 2]");
@@ -409,8 +386,7 @@ START_TEST(test_get_wrong_shape) {
 END_TEST
 
 START_TEST(test_get_unconvertible_dtype) {
-    char path[512];
-    tpath(path, sizeof path, "i32.safetensors");
+    const char *path = test_path("i32.safetensors");
     int32_t v[2] = {7, -7};
     write_raw(path, "{\"ids\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}", v, sizeof v);
     struct msd_st_file f;
@@ -440,8 +416,7 @@ START_TEST(test_f16_bf16_conversion) {
         data[21 + 2 * i] = (unsigned char)(bf[i] & 0xff);
         data[22 + 2 * i] = (unsigned char)(bf[i] >> 8);
     }
-    char path[512];
-    tpath(path, sizeof path, "half.safetensors");
+    const char *path = test_path("half.safetensors");
     write_raw(path, "{\"h\":{\"dtype\":\"F16\",\"shape\":[2,5],\"data_offsets\":[0,20]},"
                     "\"b\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[21,29]}}", data, 29);
     struct msd_st_file f;
@@ -466,8 +441,8 @@ END_TEST
 
 // How many entries the temp directory holds (besides . and ..).
 static int count_dir_entries(void) {
-    DIR *d = opendir(tmpdir);
-    ck_assert_msg(d != NULL, "cannot list %s", tmpdir);
+    DIR *d = opendir(test_tmpdir());
+    ck_assert_msg(d != NULL, "cannot list %s", test_tmpdir());
     int n = 0;
     for (struct dirent *de; (de = readdir(d)) != NULL;)
         if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) n++;
@@ -478,14 +453,12 @@ static int count_dir_entries(void) {
 START_TEST(test_atomic_write_leaves_no_tmp) {
     float x[2] = {1, 2}, y[2];
     struct msd_st_entry e = {"x", 1, {2}, x};
-    char path[512], tmp[520];
-    tpath(path, sizeof path, "atomic.safetensors");
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    const char *path = test_path("atomic.safetensors"), *tmp = test_path("atomic.safetensors.tmp");
     int before = count_dir_entries();
     for (int round = 0; round < 2; round++) { // the second write replaces the first
         x[0] = (float)round;
         ck_assert_msg(msd_st_write(path, &e, 1, NULL, NULL, 0) == 0, "round %d: %s", round, msd_last_error());
-        ck_assert_msg(!exists(tmp), "round %d: %s left behind", round, tmp);
+        ck_assert_msg(!test_exists(tmp), "round %d: %s left behind", round, tmp);
         ck_assert_msg(count_dir_entries() == before + 1, "round %d: expected exactly one new file", round);
     }
     struct msd_st_file f;
@@ -502,15 +475,13 @@ START_TEST(test_write_unwritable_dir) {
     // stop root, which is how CI containers often run).
     float x[1] = {1};
     struct msd_st_entry e = {"x", 1, {1}, x};
-    char blocker[512], path[600], tmp[610];
-    tpath(blocker, sizeof blocker, "not-a-dir");
-    write_bytes(blocker, "x", 1);
-    snprintf(path, sizeof path, "%s/ckpt.safetensors", blocker);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    const char *blocker = test_path("not-a-dir"), *path = test_path("not-a-dir/ckpt.safetensors");
+    const char *tmp = test_path("not-a-dir/ckpt.safetensors.tmp");
+    test_write_file(blocker, "x", 1);
     ck_assert_msg(msd_st_write(path, &e, 1, NULL, NULL, 0) == -1, "writing under a regular file succeeded");
     ck_assert_msg(strstr(msd_last_error(), "cannot create") && strstr(msd_last_error(), path),
                   "message '%s' lacks 'cannot create' and the path", msd_last_error());
-    ck_assert_msg(!exists(path) && !exists(tmp), "a file was left at %s or %s", path, tmp);
+    ck_assert_msg(!test_exists(path) && !test_exists(tmp), "a file was left at %s or %s", path, tmp);
     remove(blocker);
 }
 END_TEST
@@ -519,16 +490,13 @@ START_TEST(test_write_rename_fails) {
     // The target is a non-empty directory: the temp file is written, the rename fails, the temp goes.
     float x[1] = {1};
     struct msd_st_entry e = {"x", 1, {1}, x};
-    char dir[512], inner[600], tmp[520];
-    tpath(dir, sizeof dir, "target-dir");
-    ck_assert_msg(mkdir(dir, 0700) == 0, "mkdir %s: %s", dir, strerror(errno));
-    snprintf(inner, sizeof inner, "%s/keep", dir);
-    write_bytes(inner, "k", 1);
-    snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+    const char *dir = test_subdir("target-dir"), *inner = test_path("target-dir/keep");
+    const char *tmp = test_path("target-dir.tmp");
+    test_write_file(inner, "k", 1);
     ck_assert_msg(msd_st_write(dir, &e, 1, NULL, NULL, 0) == -1, "renaming over a directory succeeded");
     ck_assert_msg(strstr(msd_last_error(), "rename"), "message '%s' lacks 'rename'", msd_last_error());
-    ck_assert_msg(!exists(tmp), "%s left behind after a failed rename", tmp);
-    ck_assert_msg(exists(inner), "the directory at the target was disturbed");
+    ck_assert_msg(!test_exists(tmp), "%s left behind after a failed rename", tmp);
+    ck_assert_msg(test_exists(inner), "the directory at the target was disturbed");
     remove(inner);
     rmdir(dir);
 }
@@ -536,9 +504,7 @@ END_TEST
 
 START_TEST(test_write_bad_entries) {
     float x[2] = {1, 2};
-    char path[512], tmp[520];
-    tpath(path, sizeof path, "bad.safetensors");
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    const char *path = test_path("bad.safetensors"), *tmp = test_path("bad.safetensors.tmp");
     struct msd_st_entry dup[2] = {{"x", 1, {2}, x}, {"x", 1, {2}, x}};
     struct msd_st_entry nine = {"x", 9, {1, 1, 1, 1, 1, 1, 1, 1}, x};
     struct msd_st_entry null_data = {"x", 1, {2}, NULL};
@@ -553,35 +519,15 @@ START_TEST(test_write_bad_entries) {
                       "case %d (%s) was written", i, cases[i].word);
         ck_assert_msg(strstr(msd_last_error(), cases[i].word), "case %d: message '%s' lacks '%s'", i,
                       msd_last_error(), cases[i].word);
-        ck_assert_msg(!exists(path) && !exists(tmp), "case %d left %s or its .tmp behind", i, path);
+        ck_assert_msg(!test_exists(path) && !test_exists(tmp), "case %d left %s or its .tmp behind", i, path);
     }
 }
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
 
-// Remove the temp directory and whatever a failed test left in it (one level of subdirectories).
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char p[1024];
-    for (struct dirent *de; (de = readdir(d)) != NULL;) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) remove_tree(p);
-        else remove(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/msd-test-safetensors-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        fprintf(stderr, "test_safetensors: mkdtemp failed: %s\n", strerror(errno));
-        return 1;
-    }
+    test_tmpdir_make("safetensors"); // before the tests fork: they share it
     Suite *s = suite_create("safetensors");
     TCase *tc = tcase_create("safetensors");
     tcase_add_test(tc, test_round_trip);
@@ -608,10 +554,7 @@ int main(void) {
     tcase_add_test(tc, test_write_rename_fails);
     tcase_add_test(tc, test_write_bad_entries);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    remove_tree(tmpdir);
-    return failed == 0 ? 0 : 1;
+    int rc = run_suite(s);
+    test_tmpdir_remove();
+    return rc;
 }

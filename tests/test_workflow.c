@@ -8,7 +8,6 @@
 // Every run is tiny (mini or mini-ms, batch 2, 1-3 steps; euler with 2 steps): the ref backend is
 // slow, and what is checked here is the plumbing, not the quality of the images.
 #include <dirent.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -17,10 +16,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h> // PR_SET_PDEATHSIG: a training child never outlives a killed test
-#endif
 
 #include "../common/error.h"
 #include "../common/png.h"
@@ -32,40 +27,7 @@
 #define DATA_SEED 101
 
 // ---------------------------------------------------------------------------------------------------
-// A temporary directory for the test case (made and removed outside the forked tests), the data
-// sets in it, and running the program with its output captured.
-
-static char tmpdir[64];
-
-// tmpdir/name, in one of 64 rotating buffers: a test holds a handful of paths at once.
-static const char *tpath(const char *name) {
-    static char buf[64][256];
-    static int k;
-    char *p = buf[k++ % 64];
-    snprintf(p, 256, "%s/%s", tmpdir, name);
-    return p;
-}
-
-// Remove path and, if it is a folder, everything in it (no links are followed).
-static void remove_tree(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) < 0) return;
-    if (S_ISDIR(st.st_mode)) {
-        DIR *d = opendir(path);
-        if (d) {
-            char sub[1024];
-            for (struct dirent *e; (e = readdir(d));) {
-                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-                snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-                remove_tree(sub);
-            }
-            closedir(d);
-        }
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
+// The data sets in the temporary directory. The program runs through MSDIFF (testutil.h).
 
 // A folder of n gray res x res PNGs (img000.png, ...) with seeded pixels. 0, or -1 with a message.
 static int write_png_folder(const char *dir, int n, int res, uint64_t seed) {
@@ -83,119 +45,14 @@ static int write_png_folder(const char *dir, int n, int res, uint64_t seed) {
     return rc;
 }
 
-// The fixture: tmpdir with data28/ (what mini takes) and data16/ (a size mini does not take).
+// The temporary directory with data28/ (what mini takes) and data16/ (a size mini does not take).
 static void setup(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/msdiff-test-workflow-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-    if (write_png_folder(tpath("data28"), N_PNG, RES, DATA_SEED) < 0 ||
-        write_png_folder(tpath("data16"), 4, 16, DATA_SEED)) {
+    test_tmpdir_make("workflow");
+    if (write_png_folder(test_path("data28"), N_PNG, RES, DATA_SEED) < 0 ||
+        write_png_folder(test_path("data16"), 4, 16, DATA_SEED)) {
         fprintf(stderr, "test_workflow: cannot write the test data: %s\n", msd_last_error());
         exit(1);
     }
-}
-
-static void teardown(void) { remove_tree(tmpdir); }
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    ck_assert_msg(s && fread(s, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
-    s[n] = '\0';
-    fclose(f);
-    if (len) *len = (size_t)n;
-    return s;
-}
-
-static bool exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-// Start ./msdiff with argv (argv[0] is "msdiff"; NULL-terminated), stdout and stderr to files.
-static pid_t spawn(const char *const *argv, const char *out, const char *err) {
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_msg(pid >= 0, "fork failed");
-    if (pid == 0) {
-#ifdef __linux__
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
-        int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0) _exit(126);
-        execv("./msdiff", (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static int exit_status(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); }
-
-struct run {
-    int status; // the exit status, or 128 + the signal
-    char *out, *err;
-    char line[1024]; // the command line, for messages
-};
-
-static void describe(char *line, size_t size, const char *const *argv) {
-    size_t len = (size_t)snprintf(line, size, "msdiff");
-    for (int i = 1; argv[i] && len < size; i++) len += (size_t)snprintf(line + len, size - len, " %s", argv[i]);
-}
-
-// Run ./msdiff with the arguments (NULL-terminated, without the program name) to completion.
-static struct run run_args(const char *const *args) {
-    const char *argv[48] = {"msdiff"};
-    int argc = 1;
-    for (; args[argc - 1]; argc++) {
-        ck_assert_msg(argc < 47, "too many arguments");
-        argv[argc] = args[argc - 1];
-    }
-    argv[argc] = NULL;
-    struct run r = {0};
-    describe(r.line, sizeof r.line, argv);
-    char out[256], err[256]; // not from tpath: every run would use up two of its buffers
-    snprintf(out, sizeof out, "%s/stdout.txt", tmpdir);
-    snprintf(err, sizeof err, "%s/stderr.txt", tmpdir);
-    pid_t pid = spawn(argv, out, err);
-    int st;
-    ck_assert_msg(waitpid(pid, &st, 0) == pid, "waitpid failed");
-    r.status = exit_status(st);
-    ck_assert_msg(r.status != 127, "could not run ./msdiff (run the tests from the repository root after make)");
-    r.out = read_all(out, NULL);
-    r.err = read_all(err, NULL);
-    return r;
-}
-#define MSDIFF(...) run_args((const char *const[]){__VA_ARGS__, NULL})
-
-static void run_free(struct run *r) {
-    free(r->out);
-    free(r->err);
-}
-
-static void expect_ok(const struct run *r) {
-    ck_assert_msg(r->status == 0, "'%s' exited with %d, want 0; stdout: %s; stderr: %s", r->line, r->status,
-                  r->out, r->err);
-}
-
-// A failure: exit status `status` (or any non-zero one when status is -1) and one line on stderr
-// holding every needle (NULL-terminated).
-static void expect_fail_all(const struct run *r, int status, const char *const *needles) {
-    ck_assert_msg(status < 0 ? r->status != 0 && r->status < 128 : r->status == status,
-                  "'%s' exited with %d, want %d; stderr: %s", r->line, r->status, status, r->err);
-    for (int i = 0; needles[i]; i++)
-        ck_assert_msg(strstr(r->err, needles[i]), "'%s': stderr does not name '%s': %s", r->line, needles[i],
-                      r->err);
-    ck_assert_msg(r->err[0] && strchr(r->err, '\n') == r->err + strlen(r->err) - 1,
-                  "'%s': want one line on stderr, got: %s", r->line, r->err);
-}
-static void expect_fail(const struct run *r, int status, const char *needle) {
-    expect_fail_all(r, status, (const char *const[]){needle, NULL});
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -215,7 +72,7 @@ static struct image read_png(const char *path) {
 // The last line of a text file, as the step count in its first comma-separated field; *rows gets the
 // number of lines after the header.
 static long last_csv_step(const char *path, int *rows) {
-    char *s = read_all(path, NULL);
+    char *s = test_read_file(path, NULL);
     *rows = -1;
     const char *last = NULL;
     for (char *p = s; *p;) {
@@ -254,23 +111,23 @@ static long state_step(const char *path) {
 // 1. sample: a pure function of the seed, whatever the batch
 
 START_TEST(sample_deterministic_and_batch_independent) {
-    const char *ck = tpath("ms.safetensors"), *A = tpath("A"), *B = tpath("B"), *C = tpath("C");
-    const char *grid = tpath("G.png");
-    struct run r = MSDIFF("init", "--preset", "mini-ms", "--seed", "3", "--out", ck);
-    expect_ok(&r);
-    run_free(&r);
+    const char *ck = test_path("ms.safetensors"), *A = test_path("A"), *B = test_path("B"), *C = test_path("C");
+    const char *grid = test_path("G.png");
+    struct test_run r = MSDIFF("init", "--preset", "mini-ms", "--seed", "3", "--out", ck);
+    test_expect_ok(&r);
+    test_run_free(&r);
     r = MSDIFF("sample", "--model", ck, "--seeds", "0-3", "--outdir", A, "--sampler", "euler", "--steps", "2",
                "--batch", "4");
-    expect_ok(&r);
-    run_free(&r);
+    test_expect_ok(&r);
+    test_run_free(&r);
     r = MSDIFF("sample", "--model", ck, "--seeds", "0-3", "--outdir", B, "--sampler", "euler", "--steps", "2",
                "--batch", "3", "--grid", grid, "--cols", "2");
-    expect_ok(&r);
-    run_free(&r);
+    test_expect_ok(&r);
+    test_run_free(&r);
     r = MSDIFF("sample", "--model", ck, "--seeds", "0-3", "--outdir", C, "--sampler", "euler", "--steps", "2",
                "--batch", "4");
-    expect_ok(&r);
-    run_free(&r);
+    test_expect_ok(&r);
+    test_run_free(&r);
 
     // A holds exactly seed000000.png .. seed000003.png
     int listed = 0;
@@ -285,12 +142,10 @@ START_TEST(sample_deterministic_and_batch_independent) {
     for (int s = 0; s < 4; s++) {
         char name[64];
         snprintf(name, sizeof name, "seed%06d.png", s);
-        char pa[512], pb[512], pc[512];
-        snprintf(pa, sizeof pa, "%s/%s", A, name);
-        snprintf(pb, sizeof pb, "%s/%s", B, name);
-        snprintf(pc, sizeof pc, "%s/%s", C, name);
+        const char *pa = test_pathf("%s/%s", A, name), *pb = test_pathf("%s/%s", B, name);
+        const char *pc = test_pathf("%s/%s", C, name);
         size_t na, nc;
-        char *fa = read_all(pa, &na), *fc = read_all(pc, &nc);
+        char *fa = test_read_file(pa, &na), *fc = test_read_file(pc, &nc);
         ck_assert_msg(na == nc && !memcmp(fa, fc, na), "seed %d: two runs with --batch 4 give different files", s);
         free(fa);
         free(fc);
@@ -335,36 +190,32 @@ END_TEST
 // 2. train, then sample from the run folder
 
 START_TEST(train_then_sample) {
-    const char *run = tpath("run"), *data = tpath("data28"), *grid = tpath("g.png");
-    struct run r = MSDIFF("train", "--preset", "mini", "--data", data, "--steps", "2", "--batch", "2", "--out", run,
-                          "--quiet");
-    expect_ok(&r);
-    run_free(&r);
+    const char *run = test_path("run"), *data = test_path("data28"), *grid = test_path("g.png");
+    struct test_run r = MSDIFF("train", "--preset", "mini", "--data", data, "--steps", "2", "--batch", "2", "--out",
+                               run, "--quiet");
+    test_expect_ok(&r);
+    test_run_free(&r);
     const char *files[] = {"run.json", "log.csv", "state.safetensors", "ema.safetensors"};
     for (int i = 0; i < 4; i++) {
-        char p[512];
-        snprintf(p, sizeof p, "%s/%s", run, files[i]);
-        ck_assert_msg(exists(p), "train did not write %s", p);
+        const char *p = test_pathf("%s/%s", run, files[i]);
+        ck_assert_msg(test_exists(p), "train did not write %s", p);
     }
-    char p[512];
-    snprintf(p, sizeof p, "%s/log.csv", run);
-    char *log = read_all(p, NULL);
+    const char *p = test_pathf("%s/log.csv", run);
+    char *log = test_read_file(p, NULL);
     ck_assert_msg(!strncmp(log, "step,images,loss", 16), "log.csv lacks its header: %s", log);
     free(log);
     int rows;
     long step = last_csv_step(p, &rows);
     ck_assert_msg(rows >= 1 && step == 2, "log.csv: %d rows, last step %ld; want at least one row ending at 2",
                   rows, step);
-    snprintf(p, sizeof p, "%s/run.json", run);
-    char *json = read_all(p, NULL);
+    char *json = test_read_file(test_pathf("%s/run.json", run), NULL);
     ck_assert_msg(strstr(json, data), "run.json does not record the data spec %s: %s", data, json);
     free(json);
-    snprintf(p, sizeof p, "%s/state.safetensors", run);
-    ck_assert_msg(state_step(p) == 2, "state.safetensors is not at step 2");
+    ck_assert_msg(state_step(test_pathf("%s/state.safetensors", run)) == 2, "state.safetensors is not at step 2");
 
     r = MSDIFF("sample", "--model", run, "--seeds", "0-1", "--grid", grid, "--sampler", "euler", "--steps", "2");
-    expect_ok(&r);
-    run_free(&r);
+    test_expect_ok(&r);
+    test_run_free(&r);
     struct image g = read_png(grid);
     ck_assert_msg(g.C == 1 && g.W == 2 * RES + 3 * 2 && g.H == RES + 2 * 2, "grid of 2 is %dx%dx%d", g.C, g.H,
                   g.W);
@@ -409,23 +260,21 @@ static void expect_same_state(const char *a, const char *b) {
 }
 
 START_TEST(resume_equals_uninterrupted) {
-    const char *data = tpath("data28"), *r1 = tpath("R1"), *r2 = tpath("R2");
+    const char *data = test_path("data28"), *r1 = test_path("R1"), *r2 = test_path("R2");
     // mini-ms with narrow decoders (cheaper than mini) and the uniform policy: with seed 1 the three
     // steps use three different stages, so the Adam step counts of the groups differ (3,1,1,1) and the
     // resume must restore each. --lr-rampup is given so that the learning rate ramps over these steps
     // (by default it is a tenth of the first run's images, which would differ between R1 and R2).
 #define COMMON "train", "--preset", "mini-ms", "--decoders", "8,8,8", "--policy", "uniform", "--data", data, \
                "--batch", "2", "--seed", "1", "--lr-rampup", "8", "--quiet"
-    struct run r = MSDIFF(COMMON, "--steps", "3", "--out", r1);
-    expect_ok(&r);
-    run_free(&r);
+    struct test_run r = MSDIFF(COMMON, "--steps", "3", "--out", r1);
+    test_expect_ok(&r);
+    test_run_free(&r);
     r = MSDIFF(COMMON, "--steps", "1", "--out", r2);
-    expect_ok(&r);
-    run_free(&r);
+    test_expect_ok(&r);
+    test_run_free(&r);
 #undef COMMON
-    char s1[512], s2[512];
-    snprintf(s1, sizeof s1, "%s/state.safetensors", r1);
-    snprintf(s2, sizeof s2, "%s/state.safetensors", r2);
+    const char *s1 = test_pathf("%s/state.safetensors", r1), *s2 = test_pathf("%s/state.safetensors", r2);
     ck_assert_msg(state_step(s2) == 1, "the first half did not stop at step 1");
     // the premise: R1's steps went to more than one decoder (else pick another --seed above)
     struct msd_st_file f;
@@ -438,32 +287,31 @@ START_TEST(resume_equals_uninterrupted) {
                   "steps over at least two decoders", s1, adam);
     msd_st_free(&f);
     r = MSDIFF("train", "--out", r2, "--resume", "--steps", "3", "--log-seconds", "1000");
-    expect_ok(&r);
+    test_expect_ok(&r);
     ck_assert_msg(strstr(r.out, "resuming") && strstr(r.out, "at step 1 "), "resume does not say where it starts: "
                   "%s", r.out);
-    run_free(&r);
+    test_run_free(&r);
     expect_same_state(s1, s2);
     int rows;
-    char p[512];
-    snprintf(p, sizeof p, "%s/log.csv", r2);
-    ck_assert_msg(last_csv_step(p, &rows) == 3 && rows == 2, "resumed log.csv: want a row for step 1 and one "
-                  "for step 3, got %d rows", rows);
+    long last = last_csv_step(test_pathf("%s/log.csv", r2), &rows);
+    ck_assert_msg(last == 3 && rows == 2, "resumed log.csv: want a row for step 1 and one for step 3, got %d rows "
+                  "ending at step %ld", rows, last);
 
     // what a resume refuses
     r = MSDIFF("train", "--out", r2, "--resume", "--batch", "4");
-    expect_fail(&r, 2, "--batch");
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--batch");
+    test_run_free(&r);
     r = MSDIFF("train", "--out", r2, "--resume", "--preset", "mini");
-    expect_fail(&r, 2, "--preset");
-    run_free(&r);
-    r = MSDIFF("train", "--out", tpath("norun"), "--resume", "--steps", "3");
-    expect_fail(&r, 1, "run.json");
-    run_free(&r);
-    ck_assert_msg(!exists(tpath("norun")), "a failed resume created its --out folder");
+    TEST_EXPECT_FAIL(&r, 2, "--preset");
+    test_run_free(&r);
+    r = MSDIFF("train", "--out", test_path("norun"), "--resume", "--steps", "3");
+    TEST_EXPECT_FAIL(&r, 1, "run.json");
+    test_run_free(&r);
+    ck_assert_msg(!test_exists(test_path("norun")), "a failed resume created its --out folder");
     // a new run into a folder that holds one
     r = MSDIFF("train", "--preset", "mini", "--data", data, "--steps", "1", "--batch", "2", "--out", r1);
-    expect_fail(&r, -1, "--resume");
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, -1, "--resume");
+    test_run_free(&r);
     ck_assert_msg(state_step(s1) == 3, "a refused new run changed %s", s1);
 }
 END_TEST
@@ -472,15 +320,13 @@ END_TEST
 // 4. SIGINT: stop after the current step, save, resume from there
 
 START_TEST(sigint_saves_and_resumes) {
-    const char *data = tpath("data28"), *run = tpath("R3"), *out = tpath("sigint-out.txt"),
-               *err = tpath("sigint-err.txt");
-    const char *argv[] = {"msdiff", "train", "--preset", "mini", "--data", data, "--steps", "1000", "--batch", "2",
+    const char *data = test_path("data28"), *run = test_path("R3"), *out = test_path("sigint-out.txt"),
+               *err = test_path("sigint-err.txt");
+    const char *argv[] = {"./msdiff", "train", "--preset", "mini", "--data", data, "--steps", "1000", "--batch", "2",
                           "--out", run, "--log-seconds", "0.1", NULL};
-    char log[512], state[512], ema[512];
-    snprintf(log, sizeof log, "%s/log.csv", run);
-    snprintf(state, sizeof state, "%s/state.safetensors", run);
-    snprintf(ema, sizeof ema, "%s/ema.safetensors", run);
-    pid_t pid = spawn(argv, out, err);
+    const char *log = test_pathf("%s/log.csv", run), *state = test_pathf("%s/state.safetensors", run);
+    const char *ema = test_pathf("%s/ema.safetensors", run);
+    pid_t pid = test_spawn(argv, out, err);
     // wait for a data row in the log: the loop (and its SIGINT handler) is running
     int rows = -1, st = 0;
     bool exited = false;
@@ -488,21 +334,22 @@ START_TEST(sigint_saves_and_resumes) {
     for (int i = 0; i < 60 * 20 && rows < 1 && !exited; i++) {
         nanosleep(&tick, NULL);
         if (waitpid(pid, &st, WNOHANG) == pid) exited = true;
-        else if (exists(log)) last_csv_step(log, &rows);
+        else if (test_exists(log)) last_csv_step(log, &rows);
     }
     if (exited || rows < 1) { // do not leave a 1000-step run behind
         if (!exited) kill(pid, SIGKILL), waitpid(pid, &st, 0);
-        char *e = read_all(err, NULL);
+        char *e = test_read_file(err, NULL);
         ck_abort_msg("train %s before its first log row (status %d); stderr: %s",
-                     exited ? "exited" : "wrote no log row in 60 s", exit_status(st), e);
+                     exited ? "exited" : "wrote no log row in 60 s", test_exit_status(st), e);
     }
     ck_assert_msg(kill(pid, SIGINT) == 0, "kill SIGINT failed");
     ck_assert_msg(waitpid(pid, &st, 0) == pid, "waitpid failed");
-    char *o = read_all(out, NULL), *e = read_all(err, NULL);
-    ck_assert_msg(exit_status(st) == 0, "train exited with %d after SIGINT, want 0; stderr: %s", exit_status(st), e);
+    char *o = test_read_file(out, NULL), *e = test_read_file(err, NULL);
+    ck_assert_msg(test_exit_status(st) == 0, "train exited with %d after SIGINT, want 0; stderr: %s",
+                  test_exit_status(st), e);
     ck_assert_msg(strstr(o, "interrupted") && strstr(o, "--resume"), "train does not say it was interrupted and "
                   "how to go on: %s", o);
-    ck_assert_msg(exists(state) && exists(ema), "no state.safetensors or ema.safetensors after SIGINT");
+    ck_assert_msg(test_exists(state) && test_exists(ema), "no state.safetensors or ema.safetensors after SIGINT");
     const long step = state_step(state);
     ck_assert_msg(step >= 1 && step < 1000, "state after SIGINT is at step %ld, want 1..999", step);
     char said[64];
@@ -515,12 +362,12 @@ START_TEST(sigint_saves_and_resumes) {
 
     char target[32];
     snprintf(target, sizeof target, "%ld", step + 1);
-    struct run r = MSDIFF("train", "--out", run, "--resume", "--steps", target);
-    expect_ok(&r);
+    struct test_run r = MSDIFF("train", "--out", run, "--resume", "--steps", target);
+    test_expect_ok(&r);
     char at[64];
     snprintf(at, sizeof at, "at step %ld", step);
     ck_assert_msg(strstr(r.out, "resuming") && strstr(r.out, at), "resume does not say '%s': %s", at, r.out);
-    run_free(&r);
+    test_run_free(&r);
     ck_assert_msg(state_step(state) == step + 1, "the resumed run did not end at step %ld", step + 1);
 }
 END_TEST
@@ -529,40 +376,40 @@ END_TEST
 // 5. train: bad command lines and bad data
 
 START_TEST(train_bad_input) {
-    const char *data = tpath("data28"), *run = tpath("bad-run");
+    const char *data = test_path("data28"), *run = test_path("bad-run");
 #define TRAIN "train", "--data", data, "--steps", "1", "--batch", "2", "--out", run
-    struct run r = MSDIFF(TRAIN, "--preset", "nosuch");
-    expect_fail_all(&r, -1, (const char *const[]){"nosuch", "mini", NULL});
-    run_free(&r);
+    struct test_run r = MSDIFF(TRAIN, "--preset", "nosuch");
+    TEST_EXPECT_FAIL(&r, -1, "nosuch", "mini");
+    test_run_free(&r);
     r = MSDIFF(TRAIN, "--preset", "mini", "--policy", "bogus");
-    expect_fail_all(&r, 2, (const char *const[]){"--policy", "bogus", NULL});
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--policy", "bogus");
+    test_run_free(&r);
     r = MSDIFF(TRAIN, "--preset", "mini", "--loss", "bogus");
-    expect_fail_all(&r, 2, (const char *const[]){"--loss", "bogus", NULL});
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--loss", "bogus");
+    test_run_free(&r);
     r = MSDIFF(TRAIN, "--preset", "mini", "--dropout", "1.5");
-    expect_fail(&r, 2, "--dropout");
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--dropout");
+    test_run_free(&r);
 #undef TRAIN
     r = MSDIFF("train", "--preset", "mini", "--data", data, "--steps", "0", "--batch", "2", "--out", run);
-    expect_fail(&r, 2, "--steps");
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--steps");
+    test_run_free(&r);
     r = MSDIFF("train", "--preset", "mini", "--data", data, "--batch", "2", "--out", run);
-    expect_fail(&r, 2, "--steps");
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--steps");
+    test_run_free(&r);
 
     // data errors: a failure naming the folder (and both sizes), and no training state written
-    char state[512];
-    snprintf(state, sizeof state, "%s/state.safetensors", run);
-    const char *missing = tpath("no-such-data");
+    const char *state = test_pathf("%s/state.safetensors", run);
+    const char *missing = test_path("no-such-data");
     r = MSDIFF("train", "--preset", "mini", "--data", missing, "--steps", "1", "--batch", "2", "--out", run);
-    expect_fail(&r, -1, missing);
-    run_free(&r);
-    ck_assert_msg(!exists(state), "train with missing data wrote %s", state);
-    r = MSDIFF("train", "--preset", "mini", "--data", tpath("data16"), "--steps", "1", "--batch", "2", "--out", run);
-    expect_fail_all(&r, -1, (const char *const[]){"16x16", "28x28", NULL});
-    run_free(&r);
-    ck_assert_msg(!exists(state), "train with 16x16 data for mini wrote %s", state);
+    TEST_EXPECT_FAIL(&r, -1, missing);
+    test_run_free(&r);
+    ck_assert_msg(!test_exists(state), "train with missing data wrote %s", state);
+    const char *data16 = test_path("data16");
+    r = MSDIFF("train", "--preset", "mini", "--data", data16, "--steps", "1", "--batch", "2", "--out", run);
+    TEST_EXPECT_FAIL(&r, -1, "16x16", "28x28");
+    test_run_free(&r);
+    ck_assert_msg(!test_exists(state), "train with 16x16 data for mini wrote %s", state);
 }
 END_TEST
 
@@ -570,40 +417,40 @@ END_TEST
 // 6. sample: bad command lines and a missing model
 
 START_TEST(sample_bad_input) {
-    const char *ck = tpath("bad-model.safetensors"), *grid = tpath("bad.png");
-    struct run r = MSDIFF("init", "--preset", "mini", "--out", ck);
-    expect_ok(&r);
-    run_free(&r);
+    const char *ck = test_path("bad-model.safetensors"), *grid = test_path("bad.png");
+    struct test_run r = MSDIFF("init", "--preset", "mini", "--out", ck);
+    test_expect_ok(&r);
+    test_run_free(&r);
     r = MSDIFF("sample", "--model", ck, "--seeds", "5-2", "--grid", grid);
-    expect_fail_all(&r, 2, (const char *const[]){"--seeds", "5-2", NULL});
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--seeds", "5-2");
+    test_run_free(&r);
     const char *bad_seeds[] = {"", "x", "1-", "1,,2", "-3", " 3", "2- 4", "2-x"};
     for (size_t i = 0; i < sizeof bad_seeds / sizeof bad_seeds[0]; i++) {
         r = MSDIFF("sample", "--model", ck, "--seeds", bad_seeds[i], "--grid", grid);
-        expect_fail(&r, 2, "--seeds");
-        run_free(&r);
+        TEST_EXPECT_FAIL(&r, 2, "--seeds");
+        test_run_free(&r);
     }
     r = MSDIFF("sample", "--model", ck, "--seeds", "0-1");
-    expect_fail_all(&r, 2, (const char *const[]){"--grid", "--outdir", NULL});
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--grid", "--outdir");
+    test_run_free(&r);
     r = MSDIFF("sample", "--model", ck, "--grid", grid, "--sampler", "bogus");
-    expect_fail_all(&r, 2, (const char *const[]){"--sampler", "bogus", NULL});
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--sampler", "bogus");
+    test_run_free(&r);
     r = MSDIFF("sample", "--model", ck, "--grid", grid, "--steps", "0");
-    expect_fail(&r, 2, "--steps");
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 2, "--steps");
+    test_run_free(&r);
     r = MSDIFF("sample", "--grid", grid);
-    expect_fail(&r, 2, "--model");
-    run_free(&r);
-    const char *absent = tpath("absent.safetensors");
+    TEST_EXPECT_FAIL(&r, 2, "--model");
+    test_run_free(&r);
+    const char *absent = test_path("absent.safetensors");
     r = MSDIFF("sample", "--model", absent, "--grid", grid, "--sampler", "euler", "--steps", "2");
-    expect_fail(&r, 1, absent);
-    run_free(&r);
+    TEST_EXPECT_FAIL(&r, 1, absent);
+    test_run_free(&r);
     // a folder without ema.safetensors: the message names the file it looked for
-    r = MSDIFF("sample", "--model", tpath("data28"), "--grid", grid, "--sampler", "euler", "--steps", "2");
-    expect_fail(&r, 1, "ema.safetensors");
-    run_free(&r);
-    ck_assert_msg(!exists(grid), "a failed sample wrote %s", grid);
+    r = MSDIFF("sample", "--model", test_path("data28"), "--grid", grid, "--sampler", "euler", "--steps", "2");
+    TEST_EXPECT_FAIL(&r, 1, "ema.safetensors");
+    test_run_free(&r);
+    ck_assert_msg(!test_exists(grid), "a failed sample wrote %s", grid);
 }
 END_TEST
 
@@ -611,7 +458,6 @@ int main(void) {
     Suite *s = suite_create("workflow");
     TCase *tc = tcase_create("train and sample");
     tcase_set_timeout(tc, 600);
-    tcase_add_unchecked_fixture(tc, setup, teardown);
     tcase_add_test(tc, sample_deterministic_and_batch_independent);
     tcase_add_test(tc, train_then_sample);
     tcase_add_test(tc, resume_equals_uninterrupted);
@@ -619,5 +465,8 @@ int main(void) {
     tcase_add_test(tc, train_bad_input);
     tcase_add_test(tc, sample_bad_input);
     suite_add_tcase(s, tc);
-    return run_suite(s);
+    setup(); // before the tests fork: they share the directory and its data
+    int rc = run_suite(s);
+    test_tmpdir_remove();
+    return rc;
 }

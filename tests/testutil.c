@@ -1,10 +1,22 @@
-// testutil.c: guarded buffers, seeded fills, comparison and finite differences (see testutil.h).
+// testutil.c: guarded buffers, seeded fills, comparison and finite differences, temporary files and
+// running a program (see testutil.h).
 #include "testutil.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h> // PR_SET_PDEATHSIG: a child never outlives a killed test
+#endif
 
 #include "../common/rng.h"
 #include "../common/util.h"
@@ -229,4 +241,171 @@ int run_suite(Suite *s) {
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? 1 : 0;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Temporary files
+
+static char tmpdir[256];
+
+const char *test_tmpdir_make(const char *suite) {
+    if (tmpdir[0]) return tmpdir;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/msd-test-%s-XXXXXX", suite);
+    if (!mkdtemp(tmpdir)) {
+        fprintf(stderr, "test_%s: mkdtemp %s failed: %s\n", suite, tmpdir, strerror(errno));
+        exit(1);
+    }
+    return tmpdir;
+}
+
+const char *test_tmpdir(void) {
+    if (!tmpdir[0]) {
+        fprintf(stderr, "test bug: the temporary directory is used before test_tmpdir_make\n");
+        abort();
+    }
+    return tmpdir;
+}
+
+void test_tmpdir_remove(void) {
+    if (!tmpdir[0]) return;
+    test_remove_tree(tmpdir);
+    tmpdir[0] = '\0';
+}
+
+static char *next_path_buffer(void) {
+    static char buf[TEST_PATHS][TEST_PATH_MAX];
+    static unsigned k;
+    return buf[k++ % TEST_PATHS];
+}
+
+const char *test_pathf(const char *fmt, ...) {
+    char *p = next_path_buffer();
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(p, TEST_PATH_MAX, fmt, ap);
+    va_end(ap);
+    if (n < 0 || n >= TEST_PATH_MAX) { // not ck_assert: this may run before the tests, in main()
+        fprintf(stderr, "test bug: a path of %d bytes: %s...\n", n, p);
+        abort();
+    }
+    return p;
+}
+
+const char *test_path(const char *name) { return test_pathf("%s/%s", test_tmpdir(), name); }
+
+const char *test_subdir(const char *name) {
+    const char *p = test_path(name);
+    ck_assert_msg(mkdir(p, 0755) == 0, "mkdir %s: %s", p, strerror(errno));
+    return p;
+}
+
+bool test_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+char *test_read_file(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    ck_assert_msg(fp != NULL, "cannot open %s: %s", path, strerror(errno));
+    ck_assert_msg(fseek(fp, 0, SEEK_END) == 0, "cannot seek in %s", path);
+    long n = ftell(fp);
+    ck_assert_msg(n >= 0 && fseek(fp, 0, SEEK_SET) == 0, "cannot tell the size of %s", path);
+    char *s = malloc((size_t)n + 1);
+    ck_assert_msg(s != NULL && fread(s, 1, (size_t)n, fp) == (size_t)n, "cannot read %s (%ld bytes)", path, n);
+    s[n] = '\0';
+    fclose(fp);
+    if (len) *len = (size_t)n;
+    return s;
+}
+
+void test_write_file(const char *path, const void *bytes, size_t n) {
+    FILE *fp = fopen(path, "wb");
+    ck_assert_msg(fp != NULL, "cannot create test file %s: %s", path, strerror(errno));
+    ck_assert_msg(n == 0 || fwrite(bytes, 1, n, fp) == n, "short write to %s", path);
+    ck_assert_msg(fclose(fp) == 0, "close of %s failed", path);
+}
+
+void test_remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) < 0) return;
+    if (!S_ISDIR(st.st_mode)) {
+        unlink(path);
+        return;
+    }
+    DIR *d = opendir(path);
+    if (d) {
+        char sub[1024];
+        for (struct dirent *e; (e = readdir(d));) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            test_remove_tree(sub);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Running a program
+
+pid_t test_spawn(const char *const *argv, const char *out, const char *err) {
+    fflush(NULL); // what this process buffered must not be written twice
+    pid_t pid = fork();
+    ck_assert_msg(pid >= 0, "fork failed: %s", strerror(errno));
+    if (pid == 0) {
+#ifdef __linux__
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+        int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0) _exit(126);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+int test_exit_status(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); }
+
+struct test_run test_run_argv(const char *const *argv) {
+    struct test_run r = {0};
+    size_t len = 0;
+    for (int i = 0; argv[i] && len < sizeof r.line; i++)
+        len += (size_t)snprintf(r.line + len, sizeof r.line - len, "%s%s", i ? " " : "", argv[i]);
+    // not from test_path: every run would use up two of its buffers
+    char out[TEST_PATH_MAX], err[TEST_PATH_MAX];
+    snprintf(out, sizeof out, "%s/stdout.txt", test_tmpdir());
+    snprintf(err, sizeof err, "%s/stderr.txt", test_tmpdir());
+    pid_t pid = test_spawn(argv, out, err);
+    int st;
+    ck_assert_msg(waitpid(pid, &st, 0) == pid, "waitpid failed: %s", strerror(errno));
+    r.status = test_exit_status(st);
+    ck_assert_msg(r.status != 127, "could not run %s (run the tests from the repository root after make)",
+                  argv[0]);
+    r.out = test_read_file(out, NULL);
+    r.err = test_read_file(err, NULL);
+    return r;
+}
+
+void test_run_free(struct test_run *r) {
+    free(r->out);
+    free(r->err);
+    r->out = r->err = NULL;
+}
+
+void test_expect_ok(const struct test_run *r) {
+    ck_assert_msg(r->status == 0, "'%s' exited with %d, want 0; stdout: %s; stderr: %s", r->line, r->status,
+                  r->out, r->err);
+}
+
+void test_expect_fail(const struct test_run *r, int status, const char *const *needles) {
+    char want[32];
+    if (status < 0) snprintf(want, sizeof want, "a failure (1..127)");
+    else snprintf(want, sizeof want, "%d", status);
+    ck_assert_msg(status < 0 ? r->status != 0 && r->status < 128 : r->status == status,
+                  "'%s' exited with %d, want %s; stderr: %s", r->line, r->status, want, r->err);
+    for (int i = 0; needles[i]; i++)
+        ck_assert_msg(strstr(r->err, needles[i]), "'%s': stderr does not name '%s': %s", r->line, needles[i],
+                      r->err);
+    ck_assert_msg(r->err[0] && strchr(r->err, '\n') == r->err + strlen(r->err) - 1,
+                  "'%s': want one line on stderr, got: %s", r->line, r->err);
 }

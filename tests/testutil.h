@@ -1,5 +1,7 @@
 // testutil.h: what every test suite shares: guarded buffers, seeded fills, the comparison helper
-// and the finite-difference checker.
+// and the finite-difference checker; a temporary directory and whole-file helpers for the suites that
+// touch files; running the built program with its output captured for the suites that test it from
+// the outside.
 //
 // Inputs come from the project's own counter RNG with fixed seeds; every failure message prints the
 // seed. Buffers handed to an op under test have guard regions on both sides that must come back
@@ -8,8 +10,10 @@
 #define MSD_TESTUTIL_H
 
 #include <check.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 // ---------------------------------------------------------------------------------------------------
 // Guarded host buffers: n usable floats with TEST_GUARD floats of a sentinel on each side.
@@ -74,5 +78,78 @@ double check_op_gradients(const char *op, fd_forward forward, op_backward backwa
 
 // Run a suite with Check; the exit status says whether anything failed.
 int run_suite(Suite *s);
+
+// ---------------------------------------------------------------------------------------------------
+// Temporary files. A suite makes one directory /tmp/msd-test-<suite>-XXXXXX before its tests run and
+// removes it, with whatever the tests left in it, at the end. Make it in the parent process: in main()
+// before run_suite, or in an unchecked fixture (tcase_add_unchecked_fixture); Check forks every test,
+// and the forked tests inherit the name. Never remove it from inside a test.
+//
+// Paths come back in TEST_PATHS rotating static buffers of TEST_PATH_MAX bytes: a test may hold up to
+// TEST_PATHS of them at once (two in one expression are fine), and copies one it keeps for longer.
+// test_tmpdir*, test_path and test_pathf work outside a test too (in main(), to prepare data); the
+// other helpers fail through ck_assert and belong inside tests (Check refuses ck_assert elsewhere).
+
+#define TEST_PATHS 64
+#define TEST_PATH_MAX 512
+
+// Create the directory (exits the program with a message when it cannot); returns its path. A second
+// call returns the same directory.
+const char *test_tmpdir_make(const char *suite);
+// The directory test_tmpdir_make created.
+const char *test_tmpdir(void);
+// Remove the directory and everything in it (a no-op when none was made).
+void test_tmpdir_remove(void);
+
+// <tmpdir>/<name>, in a rotating buffer. name may hold slashes ("sub/file.png").
+const char *test_path(const char *name);
+// A printf-formatted path (or any short string), in the same rotating buffers: test_pathf("%s/%s",
+// dir, name), test_pathf("%s.tmp", path).
+const char *test_pathf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// Create the folder <tmpdir>/<name> (fails the test when it cannot, or when it exists); its path.
+const char *test_subdir(const char *name);
+
+// Whether path names anything (stat succeeds).
+bool test_exists(const char *path);
+// The whole file at path, with a '\0' after its last byte (text can be used as a string); *len gets
+// the size when len is not NULL. Fails the test when the file cannot be read. The caller frees.
+char *test_read_file(const char *path, size_t *len);
+// Create or replace the file at path with bytes[0..n); fails the test when it cannot.
+void test_write_file(const char *path, const void *bytes, size_t n);
+// Remove path and, when it is a folder, everything in it (symbolic links are removed, not followed).
+void test_remove_tree(const char *path);
+
+// ---------------------------------------------------------------------------------------------------
+// Running a program with its output captured: the suites that test ./msdiff from the outside (they
+// run from the repository root, where make builds ./msdiff). stdout and stderr go to files in the
+// temporary directory, so test_tmpdir_make must have run.
+
+struct test_run {
+    int status;      // the exit status, or 128 + the signal that ended it
+    char *out, *err; // everything it wrote to stdout and stderr, NUL-terminated
+    char line[1024]; // the command line, for messages
+};
+
+// Start argv[0] (a path) with argv (NULL-terminated), stdout and stderr to the files out and err
+// (created or truncated); returns at once with its pid. On Linux the child is killed when the test
+// that started it dies. A child that cannot open out or err exits with 126, one that cannot start
+// argv[0] with 127.
+pid_t test_spawn(const char *const *argv, const char *out, const char *err);
+// The status a waitpid status stands for: the exit status, or 128 + the signal.
+int test_exit_status(int wait_status);
+// Run argv to completion (as test_spawn); fails the test when it could not be started. Free the
+// result with test_run_free.
+struct test_run test_run_argv(const char *const *argv);
+void test_run_free(struct test_run *r);
+// Run the built ./msdiff with the arguments: MSDIFF("info", "--preset", "mini"). MSDIFF(NULL) runs
+// it with no arguments at all.
+#define MSDIFF(...) test_run_argv((const char *const[]){"./msdiff", __VA_ARGS__, NULL})
+
+// The run exited with 0 (the message shows its stdout and stderr).
+void test_expect_ok(const struct test_run *r);
+// The run failed: exit status `status` (-1: any failure, 1..127, not a crash), and exactly one line on
+// stderr holding every string of needles (NULL-terminated).
+void test_expect_fail(const struct test_run *r, int status, const char *const *needles);
+#define TEST_EXPECT_FAIL(r, status, ...) test_expect_fail(r, status, (const char *const[]){__VA_ARGS__, NULL})
 
 #endif
