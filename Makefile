@@ -77,6 +77,13 @@ $(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
 
+# fast/ is the AVX2+FMA backend: only its files get the vector ISA flags (the program checks the CPU
+# at run time before using it). No fast-math there either: NaN/Inf must agree with ref/.
+FAST_CFLAGS := -O3 -mavx2 -mfma
+$(BUILD)/fast/%.o: fast/%.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(FAST_CFLAGS) -c $< -o $@
+
 $(BUILD)/cuda/%.o: cuda/%.cu $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
