@@ -143,11 +143,18 @@ int cmd_train(int argc, char **argv) {
             return cmd_fail();
         }
         if (target <= st.step) {
+            const long at = st.step;
             msd_train_state_free(&st, &m);
             msd_model_free(&m);
             free(data_spec);
-            return cli_error("train", "--steps %ld: the run in %s is already at step %ld; give a larger --steps to "
-                             "continue it", target, out, st.step);
+            return cli_error("train", "the run in %s is already at step %ld, the target is %ld; give a larger "
+                             "--steps to continue it", out, at, target);
+        }
+        if (target != recorded && msd_run_set_steps(out, target) < 0) {
+            msd_train_state_free(&st, &m);
+            msd_model_free(&m);
+            free(data_spec);
+            return cmd_fail();
         }
         printf("resuming %s at step %ld (%.0f images seen), training to step %ld on backend %s\n", out, st.step,
                st.images, target, be->name);

@@ -90,25 +90,47 @@ int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, co
     return rc;
 }
 
-int msd_run_read(const char *dir, char **data, long *steps) {
-    char path[4096];
-    path_in(path, sizeof path, dir, "run.json");
+// DIR/run.json parsed, or NULL with a message.
+static cJSON *read_run_json(const char *dir, char *path, size_t size) {
+    path_in(path, size, dir, "run.json");
     FILE *f = fopen(path, "rb");
-    if (!f) return msd_set_error("cannot open '%s': %s (is '%s' a run folder?)", path, strerror(errno), dir);
+    if (!f) {
+        msd_set_error("cannot open '%s': %s (is '%s' a run folder?)", path, strerror(errno), dir);
+        return NULL;
+    }
     char buf[65536];
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
     cJSON *j = cJSON_Parse(buf);
     cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "data"), *s = cJSON_GetObjectItemCaseSensitive(j, "steps");
-    int rc = 0;
-    if (!cJSON_IsString(d) || !cJSON_IsNumber(s))
-        rc = msd_set_error("'%s': expected a JSON object with \"data\" (string) and \"steps\" (number)", path);
-    else {
-        *data = xstrdup(d->valuestring);
-        *steps = (long)s->valuedouble;
+    if (!cJSON_IsString(d) || !cJSON_IsNumber(s)) {
+        cJSON_Delete(j);
+        msd_set_error("'%s': expected a JSON object with \"data\" (string) and \"steps\" (number)", path);
+        return NULL;
     }
+    return j;
+}
+
+int msd_run_read(const char *dir, char **data, long *steps) {
+    char path[4096];
+    cJSON *j = read_run_json(dir, path, sizeof path);
+    if (!j) return -1;
+    *data = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "data")->valuestring);
+    *steps = (long)cJSON_GetObjectItemCaseSensitive(j, "steps")->valuedouble;
     cJSON_Delete(j);
+    return 0;
+}
+
+int msd_run_set_steps(const char *dir, long steps) {
+    char path[4096];
+    cJSON *j = read_run_json(dir, path, sizeof path);
+    if (!j) return -1;
+    cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "steps"), (double)steps);
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    int rc = write_text_atomic(path, text);
+    free(text);
     return rc;
 }
 

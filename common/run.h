@@ -38,5 +38,7 @@ int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, co
 // Read the data spec and step target recorded in DIR/run.json (for --resume without them).
 // *data is malloc'd. -1 with a message.
 int msd_run_read(const char *dir, char **data, long *steps);
+// Record a new step target in DIR/run.json (a resume that trains further).
+int msd_run_set_steps(const char *dir, long steps);
 
 #endif
