@@ -126,7 +126,7 @@ DEMO_SAMPLE_STEPS ?= 6
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@rm -rf demo/run && mkdir -p demo
-	./msdiff train --preset mini-ms --data fmnist --steps $(DEMO_STEPS) --batch $(DEMO_BATCH) --out demo/run --log-seconds 10
+	./msdiff train --preset mini-ms --data fmnist --steps $(DEMO_STEPS) --batch $(DEMO_BATCH) --lr-rampup 100 --out demo/run --log-seconds 10
 	./msdiff sample --model demo/run --seeds 0-63 --grid demo/samples.png --sampler heun --steps $(DEMO_SAMPLE_STEPS)
 	@echo
 	@echo "demo: the run folder is demo/run (run.json, log.csv, state.safetensors, ema.safetensors);"
