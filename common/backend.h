@@ -150,6 +150,19 @@ struct msd_backend {
     void (*nan_to_num)(float *x, float nan, float posinf, float neginf, size_t n);
     // out[0] = sum of x^2, accumulated in double.  out: (1) in backend memory  x: (n)
     void (*sumsq)(float *out, const float *x, size_t n);
+
+    // ---------------------------------------------------------------------------------------------
+    // The optimal denoiser of an empirical data set {y_k} (PAPER.md section 6; common/cluster.h):
+    // the posterior mean of y given z = y + sigma_n eps, y uniform over the K images. In the VP
+    // notation x_t = s_t z, and these weights equal exp(-||x_t - s_t y_k||^2 / (2 (s_t sigma_t)^2)).
+    //   d[n, k] = ||z[n] - y_k||^2 (double);  w[n, k] = exp(-(d[n, k] - min_k d[n, k]) / (2 sigma[n]^2))
+    //   m[n] = sum_k w[n, k] y_k / sum_k w[n, k]
+    // The minimum is subtracted (log-sum-exp), so the nearest image has weight 1 and nothing
+    // underflows to 0/0 at small sigma. Sums in double.
+    // m: (N, M) written  w: (N, K) scratch, written (the shifted weights)  z: (N, M)
+    // data: (K, M) the images y_k  sigma: (N) one noise level > 0 per query
+    void (*posterior_mean)(float *m, float *w, const float *z, const float *data, const float *sigma,
+                           int N, int K, size_t M);
 };
 
 // Every op of the table, in order. Each backend builds its table from this list
@@ -162,7 +175,8 @@ struct msd_backend {
     X(linear_backward) X(silu_forward) X(silu_backward) X(attention_forward) X(attention_backward) \
     X(posemb_forward) X(dropout_forward) X(dropout_backward) X(concat_forward) X(concat_backward) \
     X(add) X(scale) X(axpby) X(bias_add_forward) X(bias_add_backward) X(scale_rows) \
-    X(combine_rows) X(sqerr_rows) X(adam) X(ema) X(nan_to_num) X(sumsq)
+    X(combine_rows) X(sqerr_rows) X(adam) X(ema) X(nan_to_num) X(sumsq) \
+    X(posterior_mean)
 #define MSD_COUNT_OP(op) +1
 _Static_assert(sizeof(struct msd_backend) ==
                    sizeof(const char *) + (0 MSD_BACKEND_OPS(MSD_COUNT_OP)) * sizeof(void (*)(void)),

@@ -123,6 +123,8 @@ static const struct command COMMANDS[] = {
      cmd_train},
     {"sample", "draw images from a checkpoint with heun, euler, dpm++2m or dpm-solver-3", HELP_SAMPLE, false,
      cmd_sample},
+    {"cluster", "divide the noise range into stages (optimal denoiser, snr, timestep, similarity)",
+     HELP_CLUSTER, false, cmd_cluster},
     {"denoise", "apply a checkpoint's denoiser D(x; sigma) to images in a safetensors file", HELP_DENOISE,
      false, cmd_denoise},
     {"backends", "list the compute backends and whether this build and machine have them",

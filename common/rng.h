@@ -42,6 +42,11 @@ enum msd_stream {
 // Heun's churn noise of step i: (the sample's seed, MSD_STREAM_CHURN + i, pixel). Far above the
 // per-step training streams (kind | step << 8), so no step count reaches into another purpose.
 #define MSD_STREAM_CHURN ((uint64_t)1 << 48)
+// Stage clustering (common/cluster.h): the t, the data image and the noise of sample k.
+#define MSD_STREAM_CLUSTER ((uint64_t)2 << 48)
+#define MSD_STREAM_CLUSTER_T (MSD_STREAM_CLUSTER + 0)
+#define MSD_STREAM_CLUSTER_IMAGE (MSD_STREAM_CLUSTER + 1)
+#define MSD_STREAM_CLUSTER_NOISE (MSD_STREAM_CLUSTER + 2)
 
 // One Philox4x32-10 block: out = philox(ctr, key).
 MSD_HD static inline void msd_philox4x32_10(uint32_t out[4], const uint32_t ctr[4],

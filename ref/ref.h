@@ -78,4 +78,8 @@ void ref_ema(float *ema, const float *p, float beta, size_t n);
 void ref_nan_to_num(float *x, float nan, float posinf, float neginf, size_t n);
 void ref_sumsq(float *out, const float *x, size_t n);
 
+// denoiser.c
+void ref_posterior_mean(float *m, float *w, const float *z, const float *data, const float *sigma, int N,
+                        int K, size_t M);
+
 #endif

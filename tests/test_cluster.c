@@ -1,0 +1,729 @@
+// test_cluster.c: stage division (common/cluster.h, ref/denoiser.c, msdiff cluster).
+//
+// - The Table 4 baselines reproduce the paper's numbers, in the library and from the program.
+// - The posterior mean against closed forms: two images (the weight is a logistic function of the
+//   difference of the squared distances), identical images (m is that image, exactly), and 60,000
+//   images at t = 1e-3 where the unshifted weights would all underflow (0/0).
+// - Both dynamic programs against brute-force enumeration on small random grids.
+// - Algorithm 1 where its answer is known: identical images (S0 = S1 = 1 for every sample, so t1 is the
+//   last sample time and t2 the first) and two constant images (every pixel of m equal, S0 and S1 each
+//   0 or 1 by a closed-form logistic weight).
+// - The program: its output files and every bad flag a user is likely to type.
+// Fixed seeds throughout; the program runs as ./msdiff from the repository root.
+#include <fcntl.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../common/backend.h"
+#include "../common/cluster.h"
+#include "../common/error.h"
+#include "../common/png.h"
+#include "../common/rng.h"
+#include "testutil.h"
+#include "tolerance.h"
+
+static const struct msd_backend *be = &msd_backend_ref;
+
+// The posterior mean is a convex combination of the images, m = sum_k w_k y_k / sum_k w_k, with the
+// weights stored as float (relative error 2^-24 each, and they enter numerator and denominator alike)
+// and m rounded to float once: |m - exact| <= (1 + 1/2 + rounding of the double sums) 2^-24 max |y|.
+// Four units of float roundoff bound it with room for the double sums.
+#define PM_TOL (4 * TOL_FLT_EPS)
+
+// ---------------------------------------------------------------------------------------------------
+// Conversions and the Table 4 baselines
+
+START_TEST(conversions) {
+    // the paper's CIFAR-10 boundary t1 = 0.4420 is sigma 2.5103
+    ck_assert_msg(fabs(msd_cluster_sigma(0.4420) - 2.5103) < 5e-5, "sigma(0.4420) = %.6f", msd_cluster_sigma(0.4420));
+    // (PAPER.md's second pair does not match: sigma(0.6308) = 7.4046, and 7.6577 is t = 0.6360)
+    printf("sigma(0.4420) = %.4f, sigma(0.6308) = %.4f, t(7.6577) = %.4f\n", msd_cluster_sigma(0.4420),
+           msd_cluster_sigma(0.6308), msd_cluster_time(7.6577));
+    for (double t = 1e-3; t <= 1.0; t += 0.0371) {
+        const double s = msd_cluster_sigma(t);
+        ck_assert_msg(fabs(msd_cluster_time(s) - t) < 1e-12, "t(sigma(%g)) = %.17g", t, msd_cluster_time(s));
+        ck_assert_msg(fabs(msd_cluster_logsnr(t) + 2 * log(s)) < 1e-9 * fmax(1, fabs(msd_cluster_logsnr(t))),
+                      "log-SNR(%g) = %.17g, -2 log sigma = %.17g", t, msd_cluster_logsnr(t), -2 * log(s));
+    }
+    // log-SNR from s_t as PAPER.md writes it: 2 (log s - log sqrt(1 - s^2)), log s = -t^2 19.9/4 - t 0.1/2
+    const double t = 0.3, ls = -t * t * 19.9 / 4 - t * 0.1 / 2, s2 = exp(2 * ls);
+    ck_assert_msg(fabs(msd_cluster_logsnr(t) - 2 * (ls - 0.5 * log(1 - s2))) < 1e-12, "log-SNR(0.3) = %.17g",
+                  msd_cluster_logsnr(t));
+}
+END_TEST
+
+START_TEST(table4_library) {
+    double b[2];
+    ck_assert_int_eq(msd_cluster_interval(MSD_INTERVAL_SNR, 1000, 3, b), 0);
+    printf("interval DP, snr: t1 = %.4f, t2 = %.4f (Table 4: 0.348, 0.709)\n", b[0], b[1]);
+    ck_assert_msg(fabs(b[0] - 0.348) < 1e-12 && fabs(b[1] - 0.709) < 1e-12, "snr: %.17g %.17g", b[0], b[1]);
+    ck_assert_int_eq(msd_cluster_interval(MSD_INTERVAL_TIMESTEP, 1000, 3, b), 0);
+    printf("interval DP, timestep: t1 = %.4f, t2 = %.4f (PAPER.md: 0.334, 0.667)\n", b[0], b[1]);
+    ck_assert_msg(fabs(b[0] - 0.334) < 1e-12 && fabs(b[1] - 0.667) < 1e-12, "timestep: %.17g %.17g", b[0], b[1]);
+    // bad sizes are messages, not crashes
+    ck_assert_int_eq(msd_cluster_interval(MSD_INTERVAL_SNR, 4, 3, b), -1);
+    ck_assert_int_eq(msd_cluster_interval(MSD_INTERVAL_SNR, MSD_CLUSTER_MAX_GRID + 1, 3, b), -1);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// The posterior mean against closed forms
+
+// Two images a, b: w_b / w_a = exp(-(d_b - d_a) / (2 sigma^2)), so m = a + (b - a) p with
+// p = 1 / (1 + exp((d_b - d_a) / (2 sigma^2))), a logistic function of the difference of the squared
+// distances. Queries from near a to near b and beyond, sigma from saturated (p = 0 or 1) to flat.
+START_TEST(posterior_two_images) {
+    const int N = 12, K = 2;
+    const size_t M = 37;
+    const uint64_t seed = 11;
+    float *data = tbuf_new(K * M), *z = tbuf_new(N * M), *m = tbuf_new(N * M), *w = tbuf_new((size_t)N * K);
+    float *sigma = tbuf_new(N), *want = tbuf_new(N * M);
+    fill_uniform(data, K * M, seed, 0, 1);
+    const float *a = data, *b = data + M;
+    for (int n = 0; n < N; n++) {
+        const double u = -0.25 + 1.5 * n / (N - 1); // position along a -> b
+        for (size_t i = 0; i < M; i++)
+            z[n * M + i] = (float)(a[i] + u * (b[i] - a[i]) + 0.05 * msd_rng_normal(seed, MSD_STREAM_TEST, n * M + i));
+        sigma[n] = (float)(0.02 * pow(10.0, 3.0 * (n % 6) / 5.0)); // 0.02 .. 20
+    }
+    be->posterior_mean(m, w, z, data, sigma, N, K, M);
+    for (int n = 0; n < N; n++) {
+        double da = 0, db = 0;
+        for (size_t i = 0; i < M; i++) {
+            da += ((double)z[n * M + i] - a[i]) * ((double)z[n * M + i] - a[i]);
+            db += ((double)z[n * M + i] - b[i]) * ((double)z[n * M + i] - b[i]);
+        }
+        const double p = 1.0 / (1.0 + exp((db - da) / (2.0 * sigma[n] * sigma[n])));
+        for (size_t i = 0; i < M; i++) want[n * M + i] = (float)(a[i] + (b[i] - (double)a[i]) * p);
+        // the saved weights: the nearer image has weight 1, the other the ratio
+        const double far = exp(-fabs(db - da) / (2.0 * sigma[n] * sigma[n]));
+        ck_assert_msg(w[n * K + (da <= db ? 0 : 1)] == 1.0f, "query %d: nearer image's weight %g, want 1", n,
+                      w[n * K + (da <= db ? 0 : 1)]);
+        ck_assert_msg(fabs(w[n * K + (da <= db ? 1 : 0)] - far) <= TOL_FLT_EPS * far + 1e-45,
+                      "query %d: farther image's weight %g, want %g", n, w[n * K + (da <= db ? 1 : 0)], far);
+    }
+    assert_close(m, want, N * M, PM_TOL, seed, "posterior mean of two images");
+    tbuf_check(m, N * M, "m"), tbuf_check(w, (size_t)N * K, "w");
+    tbuf_free(data), tbuf_free(z), tbuf_free(m), tbuf_free(w), tbuf_free(sigma), tbuf_free(want);
+}
+END_TEST
+
+// K copies of one image: every weight is 1 and m is that image, exactly, at any sigma and any query.
+START_TEST(posterior_identical_images) {
+    const int N = 5, K = 50;
+    const size_t M = 29;
+    const uint64_t seed = 12;
+    float *data = tbuf_new(K * M), *z = tbuf_new(N * M), *m = tbuf_new(N * M), *w = tbuf_new((size_t)N * K);
+    float *sigma = tbuf_new(N);
+    fill_uniform(data, M, seed, -1, 1);
+    for (int k = 1; k < K; k++) memcpy(data + k * M, data, M * sizeof *data);
+    fill_normal(z, N * M, seed + 1, 3.0f);
+    const float sig[5] = {1e-3f, 0.1f, 1.0f, 80.0f, 1e4f};
+    memcpy(sigma, sig, sizeof sig);
+    be->posterior_mean(m, w, z, data, sigma, N, K, M);
+    for (int n = 0; n < N; n++)
+        for (size_t i = 0; i < M; i++)
+            ck_assert_msg(m[n * M + i] == data[i], "sigma %g pixel %zu: m = %.9g, the image is %.9g", sig[n], i,
+                          m[n * M + i], data[i]);
+    for (int i = 0; i < N * K; i++) ck_assert_msg(w[i] == 1.0f, "weight %d is %g, want 1", i, w[i]);
+    tbuf_check(m, N * M, "m"), tbuf_check(w, (size_t)N * K, "w");
+    tbuf_free(data), tbuf_free(z), tbuf_free(m), tbuf_free(w), tbuf_free(sigma);
+}
+END_TEST
+
+// 60,000 images of 784 pixels in [0, 1] at t = 1e-3 (sigma 0.0105). Query 0 is a noisy copy of image
+// j0: m must be image j0 itself. Query 1 is the midpoint of images j1 and j2: its smallest squared
+// distance is ~33, so every unshifted exponent is below -1e5 and exp() gives 0/0; with the minimum
+// subtracted the two images share the weight by the two-image logistic and all others have weight 0.
+START_TEST(posterior_logsumexp_60000) {
+    const int K = 60000, N = 2, j0 = 123, j1 = 4567, j2 = 59999;
+    const size_t M = 784;
+    const uint64_t seed = 13;
+    float *data = tbuf_new((size_t)K * M), *z = tbuf_new(N * M), *m = tbuf_new(N * M), *w = tbuf_new((size_t)N * K);
+    float *sigma = tbuf_new(N), *want = tbuf_new(N * M);
+    fill_uniform(data, (size_t)K * M, seed, 0, 1);
+    const double s = msd_cluster_sigma(1e-3);
+    for (size_t i = 0; i < M; i++) {
+        z[i] = (float)(data[j0 * M + i] + s * msd_rng_normal(seed, MSD_STREAM_TEST, i));
+        z[M + i] = (float)(0.5 * ((double)data[j1 * M + i] + data[j2 * M + i]));
+    }
+    sigma[0] = sigma[1] = (float)s;
+    be->posterior_mean(m, w, z, data, sigma, N, K, M);
+    double d1 = 0, d2 = 0, dmin = INFINITY;
+    for (size_t i = 0; i < M; i++) {
+        d1 += ((double)z[M + i] - data[j1 * M + i]) * ((double)z[M + i] - data[j1 * M + i]);
+        d2 += ((double)z[M + i] - data[j2 * M + i]) * ((double)z[M + i] - data[j2 * M + i]);
+    }
+    for (int k = 0; k < K; k++) {
+        double d = 0;
+        for (size_t i = 0; i < M; i++) d += ((double)z[M + i] - data[k * M + i]) * ((double)z[M + i] - data[k * M + i]);
+        dmin = fmin(dmin, d);
+    }
+    const double naive = -dmin / (2.0 * sigma[1] * sigma[1]);
+    printf("log-sum-exp at t = 1e-3, 60000 images: sigma %.5f, largest unshifted exponent %.4g (exp: %g)\n", s,
+           naive, exp(naive));
+    ck_assert_msg(exp(naive) == 0.0, "the test should make the unshifted weights underflow: exponent %g", naive);
+    const double p = 1.0 / (1.0 + exp((d2 - d1) / (2.0 * sigma[1] * sigma[1])));
+    for (size_t i = 0; i < M; i++) {
+        ck_assert_msg(m[i] == data[j0 * M + i], "noisy copy: pixel %zu is %.9g, image %d has %.9g", i, m[i], j0,
+                      data[j0 * M + i]);
+        want[M + i] = (float)(data[j1 * M + i] + (data[j2 * M + i] - (double)data[j1 * M + i]) * p);
+        want[i] = data[j0 * M + i];
+    }
+    assert_close(m, want, N * M, PM_TOL, seed, "posterior mean at t = 1e-3 over 60000 images");
+    for (int k = 0; k < K; k++)
+        if (k != j1 && k != j2) ck_assert_msg(w[K + k] == 0.0f, "image %d has weight %g for the midpoint", k, w[K + k]);
+    tbuf_check(m, N * M, "m"), tbuf_check(w, (size_t)N * K, "w");
+    tbuf_free(data), tbuf_free(z), tbuf_free(m), tbuf_free(w), tbuf_free(sigma), tbuf_free(want);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// The dynamic programs against brute force
+
+// Visit every way to cut n points into k contiguous clusters: cuts[1..k) strictly increasing in (0, n).
+typedef double (*partition_value)(const int *starts, int k, int n, const void *ctx); // NAN = not allowed
+static void enumerate(int *starts, int c, int k, int n, partition_value f, const void *ctx, bool minimise,
+                      double *best) {
+    if (c == k) {
+        const double v = f(starts, k, n, ctx);
+        if (!isnan(v) && (minimise ? v < *best : v > *best)) *best = v;
+        return;
+    }
+    for (int s = starts[c - 1] + 1; s < n; s++) {
+        starts[c] = s;
+        enumerate(starts, c + 1, k, n, f, ctx, minimise, best);
+    }
+}
+
+struct interval_problem {
+    const double *f;
+    int lo, hi;
+};
+
+// The interval DP's objective, straight from its definition; NAN when a size constraint fails.
+static double interval_cost(const int *starts, int k, int n, const void *ctx) {
+    const struct interval_problem *p = ctx;
+    double total = 0;
+    for (int c = 0; c < k; c++) {
+        const int a = starts[c], b = c + 1 < k ? starts[c + 1] : n, len = b - a;
+        if (len < 1 || (c > 0 && (len < p->lo || len > p->hi))) return NAN;
+        for (int j = a; j < b; j++) total += fabs(p->f[a + len / 2] - p->f[j]);
+    }
+    return total;
+}
+
+START_TEST(interval_dp_brute_force) {
+    const uint64_t seed = 21;
+    int trials = 0, infeasible = 0;
+    for (int trial = 0; trial < 300; trial++) {
+        const uint64_t idx = (uint64_t)trial * 8;
+        const int n = 2 + (int)(msd_rng_u32(seed, MSD_STREAM_TEST, idx) % 11); // 2..12
+        const int k = 1 + (int)(msd_rng_u32(seed, MSD_STREAM_TEST, idx + 1) % 4);
+        const int lo = 1 + (int)(msd_rng_u32(seed, MSD_STREAM_TEST, idx + 2) % 3);
+        const int hi = lo + (int)(msd_rng_u32(seed, MSD_STREAM_TEST, idx + 3) % 4);
+        if (k > n) continue;
+        double f[12];
+        for (int j = 0; j < n; j++) f[j] = msd_rng_normal(seed + 1 + trial, MSD_STREAM_TEST, j); // not monotone
+        const struct interval_problem p = {f, lo, hi};
+        int starts[8] = {0};
+        double want = INFINITY, got = NAN;
+        enumerate(starts, 1, k, n, interval_cost, &p, true, &want);
+        int rc = msd_interval_dp(f, n, k, lo, hi, starts, &got);
+        trials++;
+        if (want == INFINITY) {
+            ck_assert_msg(rc == -1, "trial %d (seed %llu): n %d k %d sizes %d..%d has no split, DP returned %g",
+                          trial, (unsigned long long)seed, n, k, lo, hi, got);
+            infeasible++;
+            continue;
+        }
+        ck_assert_msg(rc == 0, "trial %d: %s", trial, msd_last_error());
+        ck_assert_msg(fabs(got - want) <= 1e-12 * fmax(1, want), "trial %d (seed %llu) n %d k %d sizes %d..%d: "
+                      "DP %.17g, brute force %.17g", trial, (unsigned long long)seed, n, k, lo, hi, got, want);
+        const double again = interval_cost(starts, k, n, &p); // the cuts it returned achieve it
+        ck_assert_msg(fabs(again - want) <= 1e-12 * fmax(1, want), "trial %d: its cuts cost %.17g, not %.17g",
+                      trial, again, want);
+    }
+    printf("interval DP: %d random problems match brute force (%d without a feasible split)\n", trials, infeasible);
+    ck_assert_msg(infeasible > 0 && infeasible < trials, "the trials should include feasible and infeasible sizes");
+}
+END_TEST
+
+struct partition_problem {
+    const double *S;
+    int G, min_size;
+};
+
+static double partition_score(const int *starts, int k, int n, const void *ctx) {
+    const struct partition_problem *p = ctx;
+    double total = 0;
+    for (int c = 0; c < k; c++) {
+        const int a = starts[c], b = c + 1 < k ? starts[c + 1] : n;
+        if (b - a < p->min_size) return NAN;
+        double block = 0;
+        for (int i = a; i < b; i++)
+            for (int j = a; j < b; j++) block += p->S[i * p->G + j];
+        total += block / ((double)(b - a) * (b - a));
+    }
+    return total;
+}
+
+START_TEST(partition_dp_brute_force) {
+    const uint64_t seed = 22;
+    int trials = 0;
+    for (int trial = 0; trial < 300; trial++) {
+        const uint64_t idx = (uint64_t)trial * 8;
+        const int G = 1 + (int)(msd_rng_u32(seed, MSD_STREAM_TEST, idx) % 11); // 1..11
+        const int k = 1 + (int)(msd_rng_u32(seed, MSD_STREAM_TEST, idx + 1) % 4);
+        const int min_size = 1 + (int)(msd_rng_u32(seed, MSD_STREAM_TEST, idx + 2) % 3);
+        double S[11 * 11];
+        for (int a = 0; a < G; a++)
+            for (int b = a; b < G; b++) // symmetric, unit diagonal, entries in [0, 1] like a similarity
+                S[a * G + b] = S[b * G + a] =
+                    a == b ? 1.0 : msd_rng_uniform(seed + 1 + trial, MSD_STREAM_TEST, a * G + b);
+        const struct partition_problem p = {S, G, min_size};
+        int starts[8] = {0};
+        double want = -INFINITY, got = NAN;
+        if (k <= G) enumerate(starts, 1, k, G, partition_score, &p, false, &want);
+        int rc = msd_partition_dp(S, G, k, min_size, starts, &got);
+        if ((long)k * min_size > G) {
+            ck_assert_msg(rc == -1, "trial %d: %d clusters of >= %d in %d points should be refused", trial, k,
+                          min_size, G);
+            continue;
+        }
+        trials++;
+        ck_assert_msg(rc == 0, "trial %d: %s", trial, msd_last_error());
+        ck_assert_msg(fabs(got - want) <= 1e-12 * fmax(1, fabs(want)), "trial %d (seed %llu) G %d k %d min %d: DP "
+                      "%.17g, brute force %.17g", trial, (unsigned long long)seed, G, k, min_size, got, want);
+        const double again = partition_score(starts, k, G, &p);
+        ck_assert_msg(fabs(again - want) <= 1e-12 * fmax(1, fabs(want)), "trial %d: its cuts score %.17g, not %.17g",
+                      trial, again, want);
+    }
+    printf("partition DP: %d random problems match brute force\n", trials);
+    ck_assert_int_gt(trials, 100);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// Algorithm 1
+
+// Hand-made samples: the thresholds follow their definitions, and alpha beyond reach is a message.
+START_TEST(thresholds) {
+    const double S0[6] = {1, 1, 0.7, 0.2, 0.9, 0.1}, S1[6] = {0, 0.1, 0.5, 0.8, 1, 1};
+    struct msd_cluster_sample s[6];
+    for (int i = 0; i < 6; i++) s[i] = (struct msd_cluster_sample){.t = 0.1 * (i + 1), .S0 = S0[i], .S1 = S1[i]};
+    double t1, t2;
+    // prefix means of S0: 1, 1, 0.9, 0.725, 0.76, 0.65; suffix means of S1: 1, 1, 0.933, 0.825, 0.68, 0.567
+    ck_assert_int_eq(msd_cluster_thresholds(s, 6, 0.9, &t1, &t2), 0);
+    ck_assert_msg(t1 == s[2].t && t2 == s[3].t, "alpha 0.9: t1 %g t2 %g", t1, t2);
+    ck_assert_int_eq(msd_cluster_thresholds(s, 6, 0.75, &t1, &t2), 0);
+    ck_assert_msg(t1 == s[4].t && t2 == s[2].t, "alpha 0.75: t1 %g t2 %g (the last qualifying prefix wins)", t1,
+                  t2);
+    ck_assert_int_eq(msd_cluster_thresholds(s, 6, 0.5, &t1, &t2), 0);
+    ck_assert_msg(t1 == s[5].t && t2 == s[0].t, "alpha 0.5: t1 %g t2 %g", t1, t2);
+    s[0].S0 = 0.5;
+    ck_assert_int_eq(msd_cluster_thresholds(s, 6, 0.9, &t1, &t2), -1);
+    ck_assert_msg(strstr(msd_last_error(), "alpha"), "message: %s", msd_last_error());
+    ck_assert_int_eq(msd_cluster_thresholds(s, 6, 0.0, &t1, &t2), -1);
+    ck_assert_int_eq(msd_cluster_thresholds(s, 6, 1.5, &t1, &t2), -1);
+}
+END_TEST
+
+// The samples are the draws msd_cluster_draw documents, sorted by t.
+static void check_draws(const struct msd_cluster_sample *s, const struct msd_cluster_opts *o, int n) {
+    for (int i = 0; i < o->K; i++) {
+        double t;
+        int image;
+        msd_cluster_draw(o->seed, s[i].k, n, 0, o->tmin, o->tmax, &t, &image, NULL);
+        ck_assert_msg(s[i].t == t && s[i].image == image && s[i].sigma == msd_cluster_sigma(t),
+                      "sample %d (k %d): t %g image %d, the draw gives t %g image %d", i, s[i].k, s[i].t, s[i].image,
+                      t, image);
+        ck_assert_msg(t >= o->tmin && t <= o->tmax, "t %g outside [%g, %g]", t, o->tmin, o->tmax);
+        if (i) ck_assert_msg(s[i - 1].t <= s[i].t, "samples not sorted by t at %d", i);
+    }
+}
+
+// Identical images: m = y = ybar for every query, so S0 = S1 = 1 for every sample; then every prefix
+// and every suffix mean is 1 >= alpha, so t1 is the last sample's time and t2 the first's (the
+// stages cross: the CLI reports that as an error, the library returns what the definition gives).
+START_TEST(algorithm1_identical_images) {
+    const int n = 4;
+    const size_t M = 48;
+    float *images = tbuf_new(n * M);
+    fill_uniform(images, M, 31, 0, 1);
+    for (int j = 1; j < n; j++) memcpy(images + j * M, images, M * sizeof *images);
+    struct msd_cluster_opts o = msd_cluster_opts_default();
+    o.K = 60, o.seed = 5, o.batch = 7;
+    struct msd_cluster_sample s[60];
+    ck_assert_msg(msd_cluster_denoiser(be, images, n, M, &o, s) == 0, "%s", msd_last_error());
+    check_draws(s, &o, n);
+    for (int i = 0; i < o.K; i++)
+        ck_assert_msg(s[i].S0 == 1 && s[i].S1 == 1, "sample %d (t %g): S0 %g S1 %g, want 1 and 1", i, s[i].t, s[i].S0,
+                      s[i].S1);
+    double t1, t2;
+    ck_assert_int_eq(msd_cluster_thresholds(s, o.K, 1.0, &t1, &t2), 0);
+    ck_assert_msg(t1 == s[o.K - 1].t && t2 == s[0].t, "t1 %g (want %g), t2 %g (want %g)", t1, s[o.K - 1].t, t2, s[0].t);
+    tbuf_check(images, n * M, "images");
+    tbuf_free(images);
+}
+END_TEST
+
+// Two constant images u 1 and v 1 (every pixel u, or every pixel v). For a sample with image y = u 1
+// and noise eps, z = y + sigma eps and the other image's weight is the logistic
+//   p = 1 / (1 + exp((d_other - d_own) / (2 sigma^2)))
+// so every pixel of m is u + (v - u) p, and S0 = [|v - u| p < eta sigma], S1 = [|m - (u + v)/2| < eta
+// sigma]: each 0 or 1. With |v - u| = 0.5 and eta = 2/255, S0 is 1 at small t (p ~ 0), 0 in the middle,
+// and 1 again once eta sigma > 0.25 (t > ~0.83), where S1 is 1 as well.
+START_TEST(algorithm1_two_constant_images) {
+    const int n = 2;
+    const size_t M = 16;
+    const float u = 0.2f, v = 0.7f;
+    float images[2 * 16];
+    for (size_t i = 0; i < M; i++) images[i] = u, images[M + i] = v;
+    struct msd_cluster_opts o = msd_cluster_opts_default();
+    o.K = 400, o.seed = 9;
+    struct msd_cluster_sample *s = malloc(o.K * sizeof *s);
+    ck_assert_msg(msd_cluster_denoiser(be, images, n, M, &o, s) == 0, "%s", msd_last_error());
+    check_draws(s, &o, n);
+    int borderline = 0, ones0 = 0, ones1 = 0;
+    float eps[16];
+    for (int i = 0; i < o.K; i++) {
+        double t;
+        int image;
+        msd_cluster_draw(o.seed, s[i].k, n, M, o.tmin, o.tmax, &t, &image, eps);
+        const double own = image ? v : u, other = image ? u : v, sigma = msd_cluster_sigma(t), sf = (float)sigma;
+        double d_own = 0, d_other = 0;
+        for (size_t j = 0; j < M; j++) {
+            const double z = (float)(own + sigma * eps[j]); // as the library forms the query
+            d_own += (z - own) * (z - own);
+            d_other += (z - other) * (z - other);
+        }
+        const double p = 1.0 / (1.0 + exp((d_other - d_own) / (2 * sf * sf)));
+        const double m = own + (other - own) * p, tol = o.eta * sigma;
+        const double e0 = fabs(m - own), e1 = fabs(m - 0.5 * ((double)u + v));
+        // m is float: skip the rare sample whose error sits within rounding of the tolerance
+        if (fabs(e0 - tol) < 1e-6 || fabs(e1 - tol) < 1e-6) {
+            borderline++;
+            continue;
+        }
+        ck_assert_msg(s[i].S0 == (e0 < tol) && s[i].S1 == (e1 < tol), "sample k %d (t %.4f, image %d): S0 %g S1 %g, "
+                      "closed form %d %d (p = %.6g)", s[i].k, t, image, s[i].S0, s[i].S1, e0 < tol, e1 < tol, p);
+        ones0 += e0 < tol, ones1 += e1 < tol;
+        if (t < 0.1) ck_assert_msg(s[i].S0 == 1 && s[i].S1 == 0, "t %.4f: S0 %g S1 %g", t, s[i].S0, s[i].S1);
+        if (t > 0.9) ck_assert_msg(s[i].S0 == 1 && s[i].S1 == 1, "t %.4f: S0 %g S1 %g", t, s[i].S0, s[i].S1);
+    }
+    printf("Algorithm 1, two constant images: %d samples match the closed form (%d with S0 = 1, %d with S1 = 1), "
+           "%d borderline skipped\n", o.K - borderline, ones0, ones1, borderline);
+    ck_assert_msg(borderline < o.K / 50, "%d borderline samples", borderline);
+    ck_assert_msg(ones0 > 0 && ones0 < o.K - borderline, "S0 should take both values");
+    free(s);
+}
+END_TEST
+
+// Similarity over identical images: every posterior mean is the image, so S is all ones, and any
+// partition scores one per cluster. Over distinct images S is symmetric with a unit diagonal.
+START_TEST(similarity_matrix) {
+    const int n = 5, G = 7;
+    const size_t M = 36;
+    float *images = tbuf_new(n * M);
+    fill_uniform(images, M, 41, 0, 1);
+    for (int j = 1; j < n; j++) memcpy(images + j * M, images, M * sizeof *images);
+    double t[7], S[49];
+    for (int a = 0; a < G; a++) t[a] = 0.01 + 0.98 * a / (G - 1);
+    struct msd_cluster_opts o = msd_cluster_opts_default();
+    o.batch = 3; // more than one backend call per draw
+    ck_assert_int_eq(msd_cluster_similarity(be, images, n, M, t, G, 3, &o, S), 0);
+    for (int i = 0; i < G * G; i++) ck_assert_msg(S[i] == 1.0, "identical images: S[%d] = %g", i, S[i]);
+    int starts[3];
+    double score;
+    ck_assert_int_eq(msd_partition_dp(S, G, 3, 2, starts, &score), 0);
+    ck_assert_msg(fabs(score - 3) < 1e-12, "score %g, want 3", score);
+    fill_uniform(images, n * M, 42, 0, 1);
+    ck_assert_int_eq(msd_cluster_similarity(be, images, n, M, t, G, 3, &o, S), 0);
+    double off = 0;
+    for (int a = 0; a < G; a++)
+        for (int b = 0; b < G; b++) {
+            ck_assert_msg(S[a * G + b] == S[b * G + a] && S[a * G + b] >= 0 && S[a * G + b] <= 1, "S[%d, %d] = %g",
+                          a, b, S[a * G + b]);
+            if (a == b) ck_assert_msg(S[a * G + a] == 1, "S[%d, %d] = %g", a, a, S[a * G + a]);
+            else off += S[a * G + b];
+        }
+    ck_assert_msg(off < G * (G - 1) - 1e-9, "distinct images: the means should disagree somewhere");
+    ck_assert_int_eq(msd_cluster_similarity(be, images, n, M, t, 1, 3, &o, S), -1);
+    tbuf_free(images);
+}
+END_TEST
+
+START_TEST(bad_options) {
+    float images[8] = {0};
+    struct msd_cluster_sample s[4];
+    struct msd_cluster_opts o = msd_cluster_opts_default();
+    o.K = 1;
+    ck_assert_int_eq(msd_cluster_denoiser(be, images, 2, 4, &o, s), -1);
+    ck_assert_msg(strstr(msd_last_error(), "K >= 2"), "%s", msd_last_error());
+    o.K = 4, o.eta = 0;
+    ck_assert_int_eq(msd_cluster_denoiser(be, images, 2, 4, &o, s), -1);
+    ck_assert_msg(strstr(msd_last_error(), "eta"), "%s", msd_last_error());
+    o.eta = 0.01, o.tmin = 0.5, o.tmax = 0.5;
+    ck_assert_int_eq(msd_cluster_denoiser(be, images, 2, 4, &o, s), -1);
+    ck_assert_msg(strstr(msd_last_error(), "tmin < tmax"), "%s", msd_last_error());
+    o.tmin = 0;
+    ck_assert_int_eq(msd_cluster_denoiser(be, images, 2, 4, &o, s), -1);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// The program
+
+static char tmpdir[64];
+
+struct run {
+    int status;
+    char out[16384], err[4096];
+};
+
+static void slurp(const char *path, char *buf, size_t n) {
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(buf, 1, n - 1, f) : 0;
+    buf[got] = '\0';
+    if (f) fclose(f);
+}
+
+// Run ./msdiff cluster with the NULL-terminated arguments; stdout and stderr captured.
+static struct run *cluster(const char *arg, ...) {
+    static struct run r;
+    const char *argv[48] = {"./msdiff", "cluster"};
+    int argc = 2;
+    va_list ap;
+    va_start(ap, arg);
+    for (const char *a = arg; a && argc < 47; a = va_arg(ap, const char *)) argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    char out[128], err[128];
+    snprintf(out, sizeof out, "%s/stdout.txt", tmpdir);
+    snprintf(err, sizeof err, "%s/stderr.txt", tmpdir);
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_msg(pid >= 0, "fork failed");
+    if (pid == 0) {
+        int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0) _exit(126);
+        execv("./msdiff", (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    ck_assert_msg(waitpid(pid, &st, 0) == pid, "waitpid failed");
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    ck_assert_msg(r.status != 127, "could not run ./msdiff (run the tests from the repository root after make)");
+    slurp(out, r.out, sizeof r.out);
+    slurp(err, r.err, sizeof r.err);
+    return &r;
+}
+
+static const char *tpath(const char *name) {
+    static char buf[8][256];
+    static int k;
+    char *p = buf[k++ % 8];
+    snprintf(p, 256, "%s/%s", tmpdir, name);
+    return p;
+}
+
+// The boundaries line for the t values: sigma(t) as msdiff cluster prints them.
+static void boundaries_line(char *buf, size_t n, const double *t, int nb) {
+    size_t used = (size_t)snprintf(buf, n, "--boundaries ");
+    for (int i = 0; i < nb; i++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%.6g", i ? "," : "", msd_cluster_sigma(t[i]));
+}
+
+START_TEST(cli_table4) {
+    struct run *r = cluster("--method", "snr", NULL);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    char want[128];
+    const double snr[2] = {0.348, 0.709}, ts[2] = {0.334, 0.667};
+    boundaries_line(want, sizeof want, snr, 2);
+    ck_assert_msg(strstr(r->out, "t1 = 0.3480") && strstr(r->out, "t2 = 0.7090") && strstr(r->out, want),
+                  "snr output lacks t1 = 0.3480, t2 = 0.7090 or '%s':\n%s", want, r->out);
+    printf("msdiff cluster --method snr:\n%s", r->out);
+    r = cluster("--method", "timestep", "--csv", tpath("ts.csv"), NULL);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    boundaries_line(want, sizeof want, ts, 2);
+    ck_assert_msg(strstr(r->out, "t1 = 0.3340") && strstr(r->out, "t2 = 0.6670") && strstr(r->out, want),
+                  "timestep output lacks t1 = 0.3340, t2 = 0.6670 or '%s':\n%s", want, r->out);
+    // the printed sigmas go back to the same t (what msdiff train receives)
+    const char *line = strstr(r->out, "--boundaries ");
+    double s1, s2;
+    ck_assert_msg(sscanf(line, "--boundaries %lf,%lf", &s1, &s2) == 2, "cannot read: %s", line);
+    ck_assert_msg(fabs(msd_cluster_time(s1) - 0.334) < 1e-5 && fabs(msd_cluster_time(s2) - 0.667) < 1e-5,
+                  "sigma %g %g are t %g %g", s1, s2, msd_cluster_time(s1), msd_cluster_time(s2));
+    // the CSV: header and 1000 grid points, the stage changing at j = 334 and 667
+    static char csv[200000];
+    slurp(tpath("ts.csv"), csv, sizeof csv);
+    ck_assert_msg(!strncmp(csv, "j,t,sigma,f,stage\n", 18), "csv header: %.40s", csv);
+    ck_assert_msg(strstr(csv, "\n333,") && strstr(strstr(csv, "\n333,"), ",0\n334,") && strstr(csv, ",1\n667,") &&
+                      strstr(csv, "\n1000,"), "csv stages do not change at 334 and 667");
+}
+END_TEST
+
+// A folder of six random 8x8 gray PNGs as a data set: tmpdir/data (the outputs stay out of it).
+static const char *write_pngs(void) {
+    static char dir[128];
+    snprintf(dir, sizeof dir, "%s/data", tmpdir);
+    mkdir(dir, 0777);
+    float img[64];
+    for (int j = 0; j < 6; j++) {
+        fill_uniform(img, 64, 50 + j, -1, 1);
+        char name[32];
+        snprintf(name, sizeof name, "data/img%d.png", j);
+        ck_assert_int_eq(msd_png_write(tpath(name), img, 1, 8, 8), 0);
+    }
+    return dir;
+}
+
+START_TEST(cli_denoiser_outputs) {
+    const char *data = write_pngs();
+    struct run *r = cluster("--method", "denoiser", "--data", data, "--K", "40", "--alpha", "0.8", "--csv",
+                            tpath("s.csv"), "--plot", tpath("s.svg"), "--quiet", "--backend", "ref", NULL);
+    ck_assert_msg(r->status == 0, "exit %d: %s\n%s", r->status, r->err, r->out);
+    printf("msdiff cluster --method denoiser on 6 random 8x8 images:\n%s", r->out);
+    double t1, t2, s1, s2;
+    const char *p1 = strstr(r->out, "t1 = "), *p2 = strstr(r->out, "t2 = "), *pb = strstr(r->out, "--boundaries ");
+    ck_assert_msg(p1 && p2 && pb && sscanf(p1, "t1 = %lf", &t1) == 1 && sscanf(p2, "t2 = %lf", &t2) == 1 &&
+                      sscanf(pb, "--boundaries %lf,%lf", &s1, &s2) == 2, "output:\n%s", r->out);
+    ck_assert_msg(t1 < t2 && fabs(msd_cluster_time(s1) - t1) < 1e-4 && fabs(msd_cluster_time(s2) - t2) < 1e-4,
+                  "t1 %g t2 %g sigma %g %g", t1, t2, s1, s2);
+    static char buf[300000];
+    slurp(tpath("s.csv"), buf, sizeof buf);
+    int lines = 0;
+    for (const char *c = buf; *c; c++) lines += *c == '\n';
+    ck_assert_msg(!strncmp(buf, "k,image,t,sigma,S0,S1\n", 22) && lines == 41, "csv: %d lines, header %.30s", lines,
+                  buf);
+    slurp(tpath("s.svg"), buf, sizeof buf);
+    ck_assert_msg(!strncmp(buf, "<svg xmlns=", 11) && strstr(buf, "</svg>\n") && strstr(buf, "t1 = ") &&
+                      strstr(buf, "VP time t"), "svg: %.80s", buf);
+    // a progress line goes to stderr unless --quiet
+    r = cluster("--method", "denoiser", "--data", data, "--K", "8", "--alpha", "0.5", NULL);
+    ck_assert_msg(strstr(r->err, "posterior means 8/8 (100%)"), "progress: %s", r->err);
+}
+END_TEST
+
+START_TEST(cli_similarity_outputs) {
+    const char *data = write_pngs();
+    struct run *r = cluster("--method", "similarity", "--data", data, "--grid", "6", "--K", "2", "--stages", "2",
+                            "--heatmap", tpath("h.png"), "--csv", tpath("m.csv"), "--quiet", NULL);
+    ck_assert_msg(r->status == 0, "exit %d: %s\n%s", r->status, r->err, r->out);
+    ck_assert_msg(strstr(r->out, "t1 = ") && !strstr(r->out, "t2 = ") && strstr(r->out, "--boundaries "), "%s", r->out);
+    uint8_t *px;
+    int C, H, W;
+    ck_assert_int_eq(msd_png_read(tpath("h.png"), &px, &C, &H, &W), 0);
+    ck_assert_msg(C == 3 && H == 6 * 85 && W == 6 * 85, "heat map %dx%dx%d", C, H, W);
+    free(px);
+    static char buf[100000];
+    slurp(tpath("m.csv"), buf, sizeof buf);
+    int lines = 0;
+    for (const char *c = buf; *c; c++) lines += *c == '\n';
+    ck_assert_msg(!strncmp(buf, "a,b,t_a,t_b,S\n", 14) && lines == 37, "matrix csv: %d lines", lines);
+}
+END_TEST
+
+// A bad command line: exit 2 and one line on stderr naming the problem.
+static void fails(struct run *r, const char *needle) {
+    ck_assert_msg(r->status == 2, "exit %d, want 2; stderr: %s", r->status, r->err);
+    ck_assert_msg(strstr(r->err, needle), "stderr does not name '%s': %s", needle, r->err);
+    ck_assert_msg(strchr(r->err, '\n') == r->err + strlen(r->err) - 1, "want one line on stderr: %s", r->err);
+}
+
+START_TEST(cli_bad_flags) {
+    const char *data = write_pngs();
+    fails(cluster(NULL), "--method");
+    fails(cluster("--method", "kmeans", NULL), "expected denoiser, snr, timestep or similarity");
+    fails(cluster("--method", "denoiser", "--alpha", "0", NULL), "--alpha");
+    fails(cluster("--method", "denoiser", "--alpha", "1.01", NULL), "(0, 1]");
+    fails(cluster("--method", "denoiser", "--alpha", "nan", NULL), "--alpha");
+    fails(cluster("--method", "denoiser", "--K", "1", NULL), "at least 2 samples");
+    fails(cluster("--method", "denoiser", "--K", "-3", NULL), "--K");
+    fails(cluster("--method", "denoiser", "--eta", "0", NULL), "--eta");
+    fails(cluster("--method", "denoiser", "--eta", "-0.1", NULL), "--eta");
+    fails(cluster("--method", "denoiser", "--tmin", "0.6", "--tmax", "0.4", NULL), "tmin < tmax");
+    fails(cluster("--method", "denoiser", "--tmin", "0", NULL), "0 < tmin");
+    fails(cluster("--method", "denoiser", "--tmax", "1.5", NULL), "tmax <= 1");
+    fails(cluster("--method", "denoiser", "--pixels", "255", NULL), "01 ([0, 1]) or pm1");
+    fails(cluster("--method", "denoiser", "--stages", "4", NULL), "--stages does not apply to --method denoiser");
+    fails(cluster("--method", "denoiser", "--data", data, "--images", "7", "--quiet", NULL), "has 6 images");
+    fails(cluster("--method", "denoiser", "--images", "1", NULL), "--images");
+    fails(cluster("--method", "snr", "--alpha", "0.9", NULL), "--alpha does not apply to --method snr");
+    fails(cluster("--method", "timestep", "--data", "fmnist", NULL), "--data does not apply");
+    fails(cluster("--method", "snr", "--plot", "x.svg", NULL), "--plot does not apply");
+    fails(cluster("--method", "denoiser", "--heatmap", "x.png", NULL), "--heatmap does not apply");
+    fails(cluster("--method", "snr", "--grid", "5", NULL), "too small for 3 stages");
+    fails(cluster("--method", "snr", "--stages", "1", NULL), "--stages");
+    fails(cluster("--method", "similarity", "--grid", "4", "--stages", "3", "--min-size", "2", NULL), "--min-size 2");
+    fails(cluster("--method", "similarity", "--backend", "gpu", NULL), "gpu");
+    // a data set that cannot be read is a failure (exit 1), not a usage error
+    struct run *r = cluster("--method", "denoiser", "--data", tpath("nonexistent"), NULL);
+    ck_assert_msg(r->status == 1 && strstr(r->err, "nonexistent"), "exit %d: %s", r->status, r->err);
+    // help names every flag and the defaults
+    r = cluster("--help", NULL);
+    ck_assert_msg(r->status == 0 && strstr(r->out, "--alpha A") && strstr(r->out, "default 0.9") &&
+                      strstr(r->out, "default 2000"), "help:\n%s", r->out);
+}
+END_TEST
+
+static void make_tmpdir(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/msdiff-test-cluster-XXXXXX");
+    if (!mkdtemp(tmpdir)) perror("mkdtemp"), exit(1);
+}
+
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char path[512];
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void remove_tmpdir(void) {
+    char data[128];
+    snprintf(data, sizeof data, "%s/data", tmpdir);
+    remove_dir(data);
+    remove_dir(tmpdir);
+}
+
+int main(void) {
+    Suite *s = suite_create("cluster");
+    TCase *tc = tcase_create("library");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, conversions);
+    tcase_add_test(tc, table4_library);
+    tcase_add_test(tc, posterior_two_images);
+    tcase_add_test(tc, posterior_identical_images);
+    tcase_add_test(tc, posterior_logsumexp_60000);
+    tcase_add_test(tc, interval_dp_brute_force);
+    tcase_add_test(tc, partition_dp_brute_force);
+    tcase_add_test(tc, thresholds);
+    tcase_add_test(tc, algorithm1_identical_images);
+    tcase_add_test(tc, algorithm1_two_constant_images);
+    tcase_add_test(tc, similarity_matrix);
+    tcase_add_test(tc, bad_options);
+    suite_add_tcase(s, tc);
+    TCase *cli = tcase_create("cli");
+    tcase_set_timeout(cli, 120);
+    tcase_add_unchecked_fixture(cli, make_tmpdir, remove_tmpdir);
+    tcase_add_test(cli, cli_table4);
+    tcase_add_test(cli, cli_denoiser_outputs);
+    tcase_add_test(cli, cli_similarity_outputs);
+    tcase_add_test(cli, cli_bad_flags);
+    suite_add_tcase(s, cli);
+    return run_suite(s);
+}
