@@ -61,9 +61,10 @@ static int parse_seeds(const char *text, uint64_t **seeds, int *n) {
             b = strtoull(p, &end, 10);
             if (end == p || errno || *p < '0' || *p > '9' || b < a) goto bad;
         }
-        for (unsigned long long s = a; s <= b; s++) {
+        for (unsigned long long s = a;; s++) {
             if (*n == MAX_SEEDS) return cli_error("sample", "--seeds: more than %d seeds", MAX_SEEDS), -1;
             (*seeds)[(*n)++] = s;
+            if (s == b) break; // not s <= b: b may be the largest value
         }
         if (*end == ',') end++;
         else if (*end) goto bad;

@@ -1,5 +1,6 @@
 // cmd_train.c: `msdiff train`: flags to a model, a data set, training options and a run folder.
 // The loop itself is common/run.c; one step is common/train.c.
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,7 @@ const char HELP_TRAIN[] =
     "  --dropout P           dropout probability (default: the preset's)\n"
     "  --xflip               mirror training images at random\n"
     "  --ckpt-every N        save state and EMA every N steps (default: a tenth of the run, at most 1000)\n"
-    "  --snapshot-every N    also keep ema-<kimg>.safetensors every N steps (default 0: none)\n"
+    "  --snapshot-every N    also keep ema-step<N>.safetensors every N steps (default 0: none)\n"
     "  --log-seconds S       progress line at least every S seconds (default 5)\n"
     "  --quiet               no progress lines (log.csv is still written)\n"
     "\n"
@@ -113,8 +114,10 @@ int cmd_train(int argc, char **argv) {
     int rc = cmd_parse("train", argc, argv, o, COUNT(o), &done);
     if (done) return rc;
     const int n = COUNT(o);
-    if (!(lr > 0) || !(ema_halflife > 0) || !(clip >= 0) || !(log_seconds > 0) || !(lr_rampup >= 0))
-        return cli_error("train", "--lr, --ema-halflife and --log-seconds must be > 0, --clip and --lr-rampup >= 0");
+    if (!(lr > 0) || !(ema_halflife > 0) || !(clip >= 0) || !(log_seconds > 0) || !(lr_rampup >= 0) ||
+        !isfinite(lr) || !isfinite(ema_halflife) || !isfinite(clip) || !isfinite(lr_rampup) || !isfinite(log_seconds))
+        return cli_error("train", "--lr, --ema-halflife and --log-seconds must be finite and > 0, --clip and "
+                                  "--lr-rampup finite and >= 0");
     if (given(o, n, "--dropout") && !(dropout >= 0 && dropout < 1))
         return cli_error("train", "--dropout: expected a probability in [0, 1), got %g", dropout);
     const struct msd_backend *be = cmd_backend("train", backend);
@@ -163,7 +166,7 @@ int cmd_train(int argc, char **argv) {
         struct msd_config cfg;
         if (msd_config_preset(&cfg, preset) < 0) return cli_error("train", "--preset: %s", msd_last_error());
         if (decoders.n) {
-            if (decoders.n != cfg.n_stages && !bounds.n)
+            if (decoders.n != cfg.n_stages && decoders.n > 1 && !bounds.n)
                 return cli_error("train", "--decoders changes the number of stages to %d: give --boundaries too",
                                  decoders.n);
             cfg.n_stages = decoders.n;
@@ -173,7 +176,11 @@ int cmd_train(int argc, char **argv) {
             if (bounds.n != cfg.n_stages - 1)
                 return cli_error("train", "--boundaries: %d values for %d stages, expected %d", bounds.n,
                                  cfg.n_stages, cfg.n_stages - 1);
-            for (int s = 0; s < bounds.n; s++) cfg.boundaries[s] = (float)bounds.v[s];
+            for (int s = 0; s < bounds.n; s++) {
+                if (!(fabs(bounds.v[s]) <= FLT_MAX))
+                    return cli_error("train", "--boundaries: %g is out of range", bounds.v[s]);
+                cfg.boundaries[s] = (float)bounds.v[s];
+            }
         }
         if (separate) cfg.separate = true;
         if (given(o, n, "--dropout")) cfg.dropout = (float)dropout;

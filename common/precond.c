@@ -53,6 +53,12 @@ static struct msd_dbufs *dbufs(struct msd_model *m, int N) {
     float **imgs[] = {&d->x_in, &d->F, &d->x, &d->D, &d->dF, &d->dx_in, &d->dD};
     for (size_t i = 0; i < sizeof imgs / sizeof imgs[0]; i++) *imgs[i] = m->be->alloc(M);
     m->dbufs = d;
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
+        if (!*vecs[i]) {
+            msd_denoiser_release(m);
+            msd_set_error("cannot allocate the denoiser's per-sample vectors at batch %d", N);
+            return NULL;
+        }
     for (size_t i = 0; i < sizeof imgs / sizeof imgs[0]; i++)
         if (!*imgs[i]) {
             msd_denoiser_release(m);

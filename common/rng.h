@@ -37,8 +37,9 @@ enum msd_stream {
     MSD_STREAM_SIGMA = 7,    // training noise levels: stream = kind | step << 8
     MSD_STREAM_NOISE = 8,    // training noise: stream = kind | step << 8
     MSD_STREAM_EVAL = 9,     // held-out evaluation noise
-    MSD_STREAM_DROPOUT = 16, // dropout masks: stream = MSD_STREAM_DROPOUT + block id (< 240)
 };
+// Dropout masks: stream = MSD_STREAM_DROPOUT + block id (any number of blocks fits below 1 << 48).
+#define MSD_STREAM_DROPOUT ((uint64_t)3 << 48)
 // Heun's churn noise of step i: (the sample's seed, MSD_STREAM_CHURN + i, pixel). Far above the
 // per-step training streams (kind | step << 8), so no step count reaches into another purpose.
 #define MSD_STREAM_CHURN ((uint64_t)1 << 48)

@@ -35,6 +35,13 @@ static void path_in(char *buf, size_t size, const char *dir, const char *file) {
     CHECK(n > 0 && (size_t)n < size, "path too long: %s/%s", dir, file);
 }
 
+// Paths in the run folder are built in fixed buffers; a folder name that long is refused up front.
+static int dir_ok(const char *dir) {
+    if (strlen(dir) > 3000) return msd_set_error("run folder name is %zu characters long, expected at most 3000",
+                                                 strlen(dir));
+    return 0;
+}
+
 static int ensure_dir(const char *dir) {
     struct stat sb;
     if (stat(dir, &sb) == 0) {
@@ -64,7 +71,7 @@ static int write_text_atomic(const char *path, const char *text) {
 // run.json
 
 int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, const struct msd_run_opts *r) {
-    if (ensure_dir(r->dir) < 0) return -1;
+    if (dir_ok(r->dir) < 0 || ensure_dir(r->dir) < 0) return -1;
     char path[4096];
     path_in(path, sizeof path, r->dir, "state.safetensors");
     struct stat sb;
@@ -72,6 +79,8 @@ int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, co
         return msd_set_error("run folder '%s' already holds a run (state.safetensors): add --resume to continue "
                              "it, or choose another --out",
                              r->dir);
+    path_in(path, sizeof path, r->dir, "log.csv"); // a log left without a state belongs to no run
+    remove(path);
     char *config = msd_config_to_json(&m->cfg);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddItemToObject(j, "config", cJSON_Parse(config));
@@ -92,6 +101,7 @@ int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, co
 
 // DIR/run.json parsed, or NULL with a message.
 static cJSON *read_run_json(const char *dir, char *path, size_t size) {
+    if (dir_ok(dir) < 0) return NULL;
     path_in(path, size, dir, "run.json");
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -151,8 +161,8 @@ static int save_all(struct msd_model *m, struct msd_train_state *st, const struc
     path_in(path, sizeof path, r->dir, "ema.safetensors");
     int rc = msd_checkpoint_save(m, path, keys, values, 1);
     if (rc == 0 && snapshot) {
-        char name[64];
-        snprintf(name, sizeof name, "ema-%06.0f.safetensors", st->images / 1000.0);
+        char name[64]; // by step: kimg rounded to whole numbers could repeat
+        snprintf(name, sizeof name, "ema-step%08ld.safetensors", st->step);
         path_in(path, sizeof path, r->dir, name);
         rc = msd_checkpoint_save(m, path, keys, values, 1);
     }
@@ -255,7 +265,7 @@ static FILE *open_log(const struct msd_model *m, const struct msd_run_opts *r, l
 
 int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct msd_dataset *data,
                   const struct msd_train_opts *o, const struct msd_run_opts *r) {
-    if (ensure_dir(r->dir) < 0) return -1;
+    if (dir_ok(r->dir) < 0 || ensure_dir(r->dir) < 0) return -1;
     if (msd_model_plan(m, o->batch, true) < 0) return -1;
     struct progress p = {0};
     p.csv = open_log(m, r, st->step);
@@ -275,8 +285,10 @@ int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct 
             // the weights are those from before the failing step: save them for a look or a resume
             char why[1024];
             snprintf(why, sizeof why, "%s", msd_last_error());
-            save_all(m, st, o, r, false);
-            msd_set_error("%s; saved the state of step %ld in '%s'", why, st->step, r->dir);
+            if (save_all(m, st, o, r, false) == 0)
+                msd_set_error("%s; saved the state of step %ld in '%s'", why, st->step, r->dir);
+            else
+                msd_set_error("%s; could not save the state either: %s", why, msd_last_error());
             rc = -1;
             break;
         }

@@ -7,7 +7,7 @@
 //                       means since the previous row), lr, gradient norm, images/s, seconds
 //   state.safetensors   the training state (weights, Adam moments, EMA, counters): --resume reads it
 //   ema.safetensors     the EMA weights as a model checkpoint with EDM names: what `sample` uses
-//   ema-<kimg>.safetensors  snapshots, when asked for
+//   ema-step<step>.safetensors  snapshots, when asked for (their metadata says kimg)
 // Every file is written atomically, so a crash or a kill never leaves a half-written one.
 #ifndef MSD_RUN_H
 #define MSD_RUN_H

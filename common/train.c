@@ -132,13 +132,14 @@ int msd_train_pick(const struct msd_config *c, const struct msd_train_opts *o, l
 static int ensure_batch_buffers(struct msd_model *m, struct msd_train_state *st, int B) {
     const size_t M = (size_t)m->cfg.in_channels * m->cfg.img_resolution * m->cfg.img_resolution;
     if (st->B == B) return 0;
-    if (st->y) m->be->release(st->y), m->be->release(st->n);
+    if (st->y) m->be->release(st->y);
+    if (st->n) m->be->release(st->n);
     free(st->host);
     st->y = m->be->alloc((size_t)B * M);
     st->n = m->be->alloc((size_t)B * M);
     st->host = xmalloc((size_t)B * M * sizeof(float));
-    st->B = B;
-    if (!st->y || !st->n) return msd_set_error("cannot allocate the batch (%d images)", B);
+    st->B = st->y && st->n ? B : 0; // remembered only when complete
+    if (!st->B) return msd_set_error("cannot allocate the batch (%d images)", B);
     return 0;
 }
 
@@ -237,7 +238,11 @@ int msd_eval_loss(struct msd_model *m, const float *w, const struct msd_dataset 
                     host[(size_t)j * M + i] = msd_rng_normal(0, MSD_STREAM_EVAL, ((uint64_t)((first + j) % count) * M) + i);
             be->upload(n, host, (size_t)B * M);
             for (int j = 0; j < B; j++) sig[j] = sigmas[k];
-            if (isnan(msd_loss(m, y, n, sig, false, NULL, per, &fo))) rc = -1;
+            if (isnan(msd_loss(m, y, n, sig, false, NULL, per, &fo))) {
+                if (!msd_last_error()[0]) msd_set_error("held-out loss is NaN at sigma %g", sigmas[k]);
+                rc = -1;
+                break;
+            }
             for (int j = 0; j < real; j++) sum += per[j];
         }
         losses[k] = sum / count;
@@ -300,8 +305,18 @@ static int opts_from_json(struct msd_train_opts *o, const char *text, const char
                     !cJSON_IsString(policy) || !cJSON_IsBool(xflip)))
         rc = msd_set_error("training state '%s': \"train\" needs seed (string), batch (>= 1), policy and xflip",
                            path);
+    char *end = NULL;
+    if (rc == 0) o->seed = strtoull(seed->valuestring, &end, 10);
+    if (rc == 0 && (*end || !seed->valuestring[0] || batch->valuedouble != batch->valueint))
+        rc = msd_set_error("training state '%s': \"train\" seed '%s' or batch %g is not a whole number", path,
+                           seed->valuestring, batch->valuedouble);
+    if (rc == 0 && !(o->lr > 0 && isfinite(o->lr) && o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 &&
+                     o->beta2 < 1 && o->eps > 0 && o->P_std > 0 && isfinite(o->P_mean) && o->lr_rampup >= 0 &&
+                     o->ema_halflife > 0 && o->ema_rampup >= 0 && o->grad_clip >= 0))
+        rc = msd_set_error("training state '%s': \"train\" has a value out of range (lr > 0, betas in [0, 1), "
+                           "eps > 0, P_std > 0, lr_rampup >= 0, ema_halflife > 0, ema_rampup >= 0, "
+                           "grad_clip >= 0)", path);
     if (rc == 0) {
-        o->seed = strtoull(seed->valuestring, NULL, 10);
         o->batch = batch->valueint;
         o->xflip = cJSON_IsTrue(xflip);
         if (!strcmp(policy->valuestring, "uniform")) o->policy = MSD_POLICY_UNIFORM;

@@ -159,7 +159,7 @@ int msd_model_batch(const struct msd_model *m) { return m->acts ? m->acts->N : 0
 
 int msd_model_plan(struct msd_model *m, int N, bool with_grad) {
     struct msd_acts *A = m->acts;
-    if (A && A->N == N && (A->with_grad || !with_grad)) return 0;
+    if (A && A->N == N && (A->with_grad || !with_grad) && (m->grad || !with_grad)) return 0;
     if (A) {
         m->be->release(A->arena);
         free(A);
