@@ -285,8 +285,12 @@ int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct 
             // the weights are those from before the failing step: save them for a look or a resume
             char why[1024];
             snprintf(why, sizeof why, "%s", msd_last_error());
-            if (save_all(m, st, o, r, false) == 0)
-                msd_set_error("%s; saved the state of step %ld in '%s'", why, st->step, r->dir);
+            // the last periodic checkpoint stays as it was; this state goes beside it for a look
+            char path[4096];
+            path_in(path, sizeof path, r->dir, "state-failed.safetensors");
+            if (msd_train_save(path, m, st, o) == 0)
+                msd_set_error("%s; the state before that step is in '%s' (state.safetensors is the last "
+                              "checkpoint)", why, path);
             else
                 msd_set_error("%s; could not save the state either: %s", why, msd_last_error());
             rc = -1;

@@ -28,7 +28,7 @@ struct msd_run_opts {
 
 // Train until r->steps (continuing from st->step), saving as described. Returns 0 when the target
 // is reached or SIGINT asked to stop (after saving), -1 with a message otherwise (after saving the
-// state from before the failing step when that is safe).
+// state from before the failing step as state-failed.safetensors, leaving the checkpoints alone).
 int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct msd_dataset *data,
                   const struct msd_train_opts *o, const struct msd_run_opts *r);
 
