@@ -79,7 +79,7 @@ $(BUILD)/%.o: %.c $(FLAGS_STAMP)
 
 # fast/ is the AVX2+FMA backend: only its files get the vector ISA flags (the program checks the CPU
 # at run time before using it). No fast-math there either: NaN/Inf must agree with ref/.
-FAST_CFLAGS := -O3 -mavx2 -mfma
+FAST_CFLAGS := -O3 -mavx2 -mfma -ffp-contract=off
 $(BUILD)/fast/%.o: fast/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(FAST_CFLAGS) -c $< -o $@

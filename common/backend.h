@@ -19,6 +19,7 @@
 #ifndef MSD_BACKEND_H
 #define MSD_BACKEND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -183,12 +184,24 @@ _Static_assert(sizeof(struct msd_backend) ==
                "MSD_BACKEND_OPS must list every op of struct msd_backend");
 
 // The backends this build knows, by name ("ref", "fast", "cuda"). Returns NULL and sets
-// msd_last_error() for an unknown name or a backend that this build or machine lacks.
+// msd_last_error() for an unknown name or a backend that this build or machine lacks ("fast" needs a
+// CPU with AVX2 and FMA: the message says "this CPU lacks AVX2/FMA").
 const struct msd_backend *msd_backend_get(const char *name);
 
-// The fastest backend this build and machine have: cuda, then fast, then ref.
+// The fastest backend this build and machine have: cuda, then fast, then ref. Falling back to ref
+// for want of AVX2/FMA prints a one-line notice to stderr, once per process.
 const struct msd_backend *msd_backend_default(void);
 
+// Whether this CPU (and OS) can run fast/: AVX2 and FMA.
+bool msd_cpu_has_avx2_fma(void);
+// msd_backend_get and msd_backend_default as on a CPU with or without AVX2/FMA (avx2_fma), so that
+// tests can take the fallback path on any machine.
+const struct msd_backend *msd_backend_get_for_cpu(const char *name, bool avx2_fma);
+const struct msd_backend *msd_backend_default_for_cpu(bool avx2_fma);
+
 extern const struct msd_backend msd_backend_ref;
+// The AVX2+FMA backend (fast/): linked into every build, usable only on a CPU with AVX2 and FMA, so
+// reach it through msd_backend_get("fast"), which checks.
+extern const struct msd_backend msd_backend_fast;
 
 #endif

@@ -93,7 +93,7 @@ static const char HELP_DENOISE[] =
     "  --input FILE     the safetensors file holding \"x\" (required)\n"
     "  --sigma S        the noise level, a finite number > 0 (required)\n"
     "  --out FILE       the safetensors file to write (required); written atomically\n"
-    "  --backend B      ref, fast or cuda (default ref; msdiff backends lists what this build has)\n"
+    "  --backend B      ref, fast or cuda (default: the fastest this build and CPU have)\n"
     "  --batch N        images per forward pass, a positive integer (default: all at once)\n"
     "\n"
     "example:\n"
@@ -404,7 +404,7 @@ static int denoise_chunks(struct msd_model *m, float *D, const float *x, int N, 
 }
 
 static int cmd_denoise(int argc, char **argv) {
-    const char *model = NULL, *input = NULL, *out = NULL, *backend = "ref";
+    const char *model = NULL, *input = NULL, *out = NULL, *backend = NULL;
     double sigma = 0;
     int batch = 0;
     bool done;

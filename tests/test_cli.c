@@ -278,8 +278,11 @@ static void check_denoise(const char *preset, const char *sigma_text) {
     test_expect_ok(&r);
     test_run_free(&r);
     write_input(in, "x", NB, 2, 8, 11);
-    struct test_run a = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o1);
-    struct test_run b = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o2);
+    // the in-process reference below runs on ref, so the CLI is asked for ref too
+    struct test_run a = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o1,
+                               "--backend", "ref");
+    struct test_run b = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o2,
+                               "--backend", "ref");
     struct test_run c = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o3,
                                "--batch", "2", "--backend", "ref");
     test_expect_ok(&a);
