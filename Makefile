@@ -120,18 +120,18 @@ bench:
 # The demo: a short multistage training run on Fashion-MNIST and an 8x8 grid of samples. The budget
 # is sized so that the whole target stays under 10 minutes on 2 cores with the ref backend; a faster
 # backend, when built, is picked automatically and runs the same steps in less time.
-DEMO_STEPS ?= 30
-DEMO_BATCH ?= 8
-DEMO_SAMPLE_STEPS ?= 6
+DEMO_STEPS ?= 200
+DEMO_BATCH ?= 32
+DEMO_SAMPLE_STEPS ?= 18
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@rm -rf demo/run && mkdir -p demo
-	./msdiff train --preset mini-ms --data fmnist --steps $(DEMO_STEPS) --batch $(DEMO_BATCH) --lr-rampup 100 --out demo/run --log-seconds 10
+	./msdiff train --preset mini-ms --data fmnist --steps $(DEMO_STEPS) --batch $(DEMO_BATCH) --lr-rampup 1000 --out demo/run --log-seconds 10
 	./msdiff sample --model demo/run --seeds 0-63 --grid demo/samples.png --sampler heun --steps $(DEMO_SAMPLE_STEPS)
 	@echo
 	@echo "demo: the run folder is demo/run (run.json, log.csv, state.safetensors, ema.safetensors);"
 	@echo "      the 8x8 grid of samples is demo/samples.png."
-	@echo "      $(DEMO_STEPS) steps of $(DEMO_BATCH) images is the start of training: the grid shows blobs, not garments yet."
+	@echo "      $(DEMO_STEPS) steps of $(DEMO_BATCH) images is the start of training: rough garment shapes, not yet garments."
 	@echo "      Longer runs: ./msdiff train --help"
 
 clean:
