@@ -6,7 +6,7 @@
 #   make clean
 # Options: NO_OMP=1 (no OpenMP), NO_CUDA=1 (skip cuda/ even when nvcc is found),
 #          SANITIZE=1 (-fsanitize=address,undefined), CC=..., NVCC=...
-# ref/ and tests/ are never built with -ffast-math: they are the oracle and its proof.
+# ref/ and tests/ are never built with fast-math flags: they are the oracle and its proof.
 
 CC ?= cc
 BUILD ?= build

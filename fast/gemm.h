@@ -146,22 +146,7 @@ static inline __m256 fast_exp256(__m256 x) {
 }
 #endif // __AVX2__
 
-// ---------------------------------------------------------------------------------------------------
-// The ops (same arguments as ref/ref.h; backend.h documents them).
-
-// conv.c
-void fast_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int C, int H,
-                         int W, int OC, int K);
-void fast_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                          const float *w, int N, int C, int H, int W, int OC, int K);
-// linear.c
-void fast_linear_forward(float *y, const float *x, const float *w, const float *b, int N, int IN,
-                         int OUT);
-void fast_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                          const float *w, int N, int IN, int OUT);
-// attention.c
-void fast_attention_forward(float *a, float *w, const float *qkv, int N, int C, int HW);
-void fast_attention_backward(float *dqkv, const float *da, const float *w, const float *qkv, int N,
-                             int C, int HW);
+// The ops conv.c, linear.c and attention.c define are declared with all the others in fast.h.
+#include "fast.h"
 
 #endif
