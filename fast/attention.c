@@ -1,5 +1,5 @@
 // fast/attention.c: the attention core (one head, EDM's interleaved qkv) on fast/gemm.c. Computes the
-// functions of ref/attention.c; the sums run in float and the softmax uses fast_exp256.
+// functions of ref/attention.c; the sums run in float and the softmax uses fast_exp8.
 // Gradients: activations are written (dqkv =); this op has no parameters.
 //
 // Per sample, with s = 1/sqrt(C) and q, k, v the (C, HW) planes of qkv (row c of q at qkv + 3c*HW,
@@ -13,6 +13,7 @@
 #include <math.h>
 
 #include "gemm.h"
+#include "simd.h"
 
 static inline __m256i lanes_below(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -32,8 +33,8 @@ static inline float hmax(__m256 v) {
 
 void fast_softmax_exp(float *y, const float *x, size_t n) {
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, fast_exp256(_mm256_loadu_ps(x + i)));
-    for (; i < n; i++) _mm256_maskstore_ps(y + i, lanes_below(1), fast_exp256(_mm256_set1_ps(x[i])));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, fast_exp8(_mm256_loadu_ps(x + i)));
+    for (; i < n; i++) _mm256_maskstore_ps(y + i, lanes_below(1), fast_exp8(_mm256_set1_ps(x[i])));
 }
 
 // One row of logits becomes its softmax, in place: w = exp(l - max) / sum, the sum in 8 float lanes.
@@ -50,12 +51,12 @@ static void softmax_row(float *row, int n) {
     const __m256 vm = _mm256_set1_ps(hmax(m));
     __m256 sum = _mm256_setzero_ps();
     for (int j = 0; j < n8; j += 8) {
-        const __m256 e = fast_exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
+        const __m256 e = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
         _mm256_storeu_ps(row + j, e);
         sum = _mm256_add_ps(sum, e);
     }
     if (n8 < n) {
-        __m256 e = fast_exp256(_mm256_sub_ps(_mm256_maskload_ps(row + n8, tail), vm));
+        __m256 e = fast_exp8(_mm256_sub_ps(_mm256_maskload_ps(row + n8, tail), vm));
         e = _mm256_and_ps(e, _mm256_castsi256_ps(tail));
         _mm256_maskstore_ps(row + n8, tail, e);
         sum = _mm256_add_ps(sum, e);

@@ -85,9 +85,9 @@ int fast_thread_id(void);
 int fast_max_threads(void);
 
 // ---------------------------------------------------------------------------------------------------
-// Not an op: y[i] = exp(x[i]) by fast_exp256 below (the softmax's exp), for the tests. y, x: (n)
+// Not an op: y[i] = exp(x[i]) by fast_exp8 (simd.h), as the softmax computes it, for the tests. y, x: (n)
 void fast_softmax_exp(float *y, const float *x, size_t n);
-// The relative error bound of fast_exp256 over [-87.33, 0], in units of 2^-24 (tests measure it).
+// The relative error bound of the softmax's exp over [-87.33, 0], in units of 2^-24 (tests measure it).
 #define FAST_EXP_ULPS 4
 
 // ---------------------------------------------------------------------------------------------------
@@ -118,32 +118,7 @@ static inline void transpose8x8(__m256 r[8]) {
     r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-// ---------------------------------------------------------------------------------------------------
-// exp of 8 floats for the softmax, whose arguments are x - max(x) <= 0 (or NaN, or -Inf).
-// Cephes' expf: x = n ln2 + r, |r| <= ln2/2 (ln2 in two parts, the first exact in float, so the
-// reduction is nearly exact), e^r by a degree-7 polynomial (Horner with FMA), times 2^n built in the
-// exponent field. tests/test_fast_gemm.c measures the relative error (bound FAST_EXP_ULPS units of
-// 2^-24) over [-87.3, 0]. Below -87.33 (e^x < 2^-126, where 2^n would leave the normal range) the
-// result is 0, an absolute error under 1.2e-38; -Inf gives 0, NaN gives NaN. Valid up to x = 88.3.
-static inline __m256 fast_exp256(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.33654f);
-    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.3f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
-    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)); // NaN stays NaN
-}
+// The softmax's exp is fast_exp8 (simd.h), the one vector exp of fast/.
 #endif // __AVX2__
 
 // The ops conv.c, linear.c and attention.c define are declared with all the others in fast.h.
