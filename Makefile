@@ -114,8 +114,15 @@ run-tests: all $(TEST_BINS)
 	if [ $$failed -ne 0 ]; then echo "make check: $$failed suite(s) FAILED"; exit 1; fi; \
 	echo "make check: all $(words $(TEST_BINS)) suites passed"
 
-bench:
-	@echo "make bench: no benchmarks yet (they arrive with the fast and cuda backends, see bench/README.md)"
+# The benchmark program (bench/bench.c) links the library like the tests; `make bench` builds and runs
+# it with its defaults (about 5 minutes on 2 cores, mostly ref/), BENCH_FLAGS passes options
+# (e.g. BENCH_FLAGS="--csv --backends fast").
+BENCH_FLAGS ?=
+$(BUILD)/bench/bench: $(BUILD)/bench/bench.o $(BUILD)/libmsdiff.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bench: all $(BUILD)/bench/bench
+	$(BUILD)/bench/bench $(BENCH_FLAGS)
 
 # The demo: a short multistage training run on Fashion-MNIST and an 8x8 grid of samples. The budget
 # is sized so that the whole target stays under 10 minutes on 2 cores with the ref backend; a faster

@@ -1,18 +1,19 @@
 // test_fast.c: the conformance suite of fast/: every op against ref/ on the same fixed-seed inputs,
-// except conv2d, linear and attention, whose GEMM-specific bounds live in tests/test_fast_gemm.c;
-// here they are checked to be the table's entries. Also the table itself, the memory ops and the
-// fallback on a CPU without AVX2/FMA.
+// except conv2d, linear and attention, which tests/test_fast_gemm.c checks (with the GEMM bounds
+// of tests/tolerance.h); here they are checked to be the table's entries. Also the table itself,
+// the memory ops and the fallback on a CPU without AVX2/FMA. Whole computations (the network, a
+// training step, a sampler run) are in tests/test_fast_net.c.
 //
 // Shapes: the real `mini` layers (batch 64; 32, 64, 96 channels; 28x28, 14x14, 7x7 maps) and awkward
 // ones (3, 5, 13 channels, batch 1, 1x1 and odd maps, lengths 1, 7, 1023) so that every vector tail
 // runs. Every buffer has guard regions (tbuf_new) that must come back intact.
 // Each op runs twice per shape: on finite inputs, where the outputs must match ref's within a bound
-// derived next to the test (or bit for bit, where fast does ref's arithmetic in ref's order), and
-// with NaN and +-Inf injected into the inputs, where the outputs must agree with ref's in kind (NaN,
-// +Inf, -Inf or finite) at every position. Bounds are per element, from the arithmetic each side
-// does (each fast/ file says what it does differently from ref/). A check prints one line, "fast
-// <op> ...", with max |error|, relative L2 and the worst error/bound ratio: the closing note quotes
-// them.
+// derived in tests/tolerance.h or next to the test (or bit for bit, where fast does ref's arithmetic
+// in ref's order), and with NaN and +-Inf injected into the inputs, where the outputs must agree with
+// ref's in kind (NaN, +Inf, -Inf or finite) at every position. Bounds are per element, from the
+// arithmetic each side does (each fast/ file says what it does differently from ref/). A check
+// prints one line, "fast <op> ...", with max |error|, relative L2 and the worst error/bound ratio:
+// the closing note quotes them.
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -28,30 +29,6 @@
 #include "../ref/ref.h"
 #include "testutil.h"
 #include "tolerance.h"
-
-// ---------------------------------------------------------------------------------------------------
-// Bounds. U is float's unit roundoff, UD double's; gam(k) and gamd(k) are Higham's gamma_k = k u /
-// (1 - k u), so that k roundings in a row stay within gamma_k without dropping second-order terms. A
-// sum of len terms in any order and grouping (FMA or not) is within gam(len) sum |terms| of the exact
-// sum in float, within gamd(len) sum |terms| in double.
-#define U TOL_FLT_EPS
-#define UD 1.1102230246251565e-16 // 2^-53
-static inline double gam(double k) { return k * U / (1 - k * U); }
-static inline double gamd(double k) { return k * UD / (1 - k * UD); }
-
-// Two sums of the same len terms, each in double in its own order, each rounded once to float:
-// |fl(Sa) - fl(Sb)| <= |Sa - Sb| + u |Sa| + u |Sb| <= 2 gamd(len) A + 2u (|want| + gamd(len) A) with
-// A = sum |terms| and want = fl(Sb); the third gamd(len) A covers the u terms of that, and 2u(1 + 2u)
-// the difference between |want| and |Sb|.
-static inline double bound_double_sums(double want, double A, double len) {
-    return 2 * U * (1 + 2 * U) * fabs(want) + 3 * gamd(len) * A;
-}
-
-// A parameter gradient D0 + fl(S) accumulated from one such sum on each side: the rounding of the
-// addition adds u |D0 + S| on each side.
-static inline double bound_accumulated(double want, double D0, double A, double len) {
-    return bound_double_sums(want - D0, A, len) + 2 * U * (1 + 2 * U) * fabs(want);
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Buffers: every buffer a test makes is registered, and done() checks their guards and frees them.
@@ -193,21 +170,7 @@ START_TEST(exp_vs_expf) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// SiLU. fast: t = exp(-|x|) within 2 ulp (relative 4u); d = fl(1 + t) within 3u (t's error enters
-// scaled by t/(1+t) <= 1/2); forward y = fl(x / d) (x >= 0: 4u) or fl(fl(x t) / d) (x < 0: 9u), and
-// ref rounds once (u): |y - ref| <= 10u |y|. Backward: rd = fl(1/d) 4u, td = fl(t rd) 9u, so s and
-// c = 1 - s within 9u; g = fl(x c + 1) within 9u |x c| + u |g|; fl(dy s) within 10u; the product
-// and ref's rounding: |dx - ref| <= u |dy s| (13 |g| + 9 |x c|), coefficients raised by one to cover
-// second-order terms. Where t is subnormal (|x| > 87) its error is absolute, up to 2^-150, and so is
-// the rounding of a subnormal product (fl(x t), fl(dy s), amplified by |g|, and the results): the
-// floor terms.
-static void silu_bounds(double x, double dy, double y, double *b, double *bd) {
-    const double t = exp(-fabs(x)), s = x >= 0 ? 1 / (1 + t) : t / (1 + t), c = 1 - s, g = 1 + x * c;
-    *b = 10 * U * fabs(y) + (fabs(x) + 2) * 0x1p-149;
-    *bd = U * fabs(dy * s) * (14 * fabs(g) + 10 * fabs(x * c)) + fabs(dy) * (fabs(g) + fabs(x) + 2) * 0x1p-147 +
-          (fabs(g) + 2) * 0x1p-149;
-}
-
+// SiLU: per-element bounds from silu_bounds (tests/tolerance.h, which derives them).
 static void t_silu(const float *x, const float *dy, size_t n, const char *range, uint64_t seed, bool nf) {
     float *yr = buf(n), *yf = buf(n), *dr = buf(n), *df = buf(n);
     ref_silu_forward(yr, x, n), fast_silu_forward(yf, x, n);

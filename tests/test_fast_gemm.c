@@ -2,26 +2,10 @@
 // and backward, on fixed-seed inputs at the real `mini` shapes (batch 64 and 1), cifar10-like shapes
 // and awkward ones (odd channel counts, 7x7 and non-square maps, batch 1, one output channel), with
 // guard regions, NaN/Inf agreement, and error bounds derived from the summation fast/gemm.c performs.
-//
-// ERROR BOUNDS (to move into tests/tolerance.h). ref/ sums in double, so its result is the exact
-// value rounded once to float: |ref - exact| <= u |ref|, u = 2^-24. fast/ sums in float: a term of a
-// reduction of length K passes through at most L roundings, where (fast/gemm.h) the k range is cut
-// into segments of kseg (the pixels of one sample for a weight gradient), each segment into
-// P = ceil(kseg / KC) blocks of at most kc = ceil(kseg / P) terms accumulated by FMA in a register
-// (kc roundings), each block added to C (one rounding per block, nb blocks in all), and with
-// GEMM_KSPLIT one more rounding per thread for the partials: L = kc + nb + T. Higham's bound for any
-// summation order then gives, elementwise,
-//     |fast - ref| <= gamma(L) * mag + u |ref|,   gamma(L) = L u / (1 - L u),
-// where mag = sum |a_k b_k| (+ |bias|, + |the gradient the op accumulates into|) is computed by ref/
-// itself on the absolute values of the inputs (its rounding is covered by a factor 1 + 2u). A
-// gradient accumulated into D0 is rounded twice by ref/ (its sum to float, then the +=), which adds
-// one to L. This
-// bound is rigorous and is checked on the largest error. Rounding errors of a long sum behave like a
-// random walk, so the typical error is far smaller: each rounding is at most u |partial sum| and has
-// variance at most (u |s|)^2 / 3, hence rms error <= u sqrt(L / 3) mag. The relative L2 error is
-// checked against twice that, stat(L) = 2 u sqrt(L / 3) in place of gamma(L): sharp enough that one
-// missing term of a reduction (an error of about mag / K) fails by orders of magnitude.
-// Attention composes these through the softmax; check_attention spells out each step.
+// The bounds (tests/tolerance.h derives them): every output of a reduction within bound_gemm of
+// ref's, rigorously, and the L2 norm of the error within that of bound_gemm_stat, with L from
+// gemm_roundings for the k blocks fast/gemm.c makes. Attention composes these through the softmax;
+// check_attention spells out each step.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,19 +17,12 @@
 #include "testutil.h"
 #include "tolerance.h"
 
-#define U TOL_FLT_EPS
-
-static double gamma_of(double L) { return L * U / (1.0 - L * U); }
-static double stat_of(double L) { return 2.0 * U * sqrt(L / 3.0); }
-typedef double (*growth_fn)(double L);
+typedef double (*growth_fn)(double L); // gam or gam_stat
 
 // L for a reduction of K terms, cut in segments of kseg (0: one segment), by GEMM_PARALLEL (ksplit
-// false) or GEMM_KSPLIT.
+// false) or GEMM_KSPLIT (one partial per thread).
 static double chain(long K, long kseg, bool ksplit) {
-    if (kseg <= 0 || kseg > K) kseg = K;
-    const long parts = (kseg + GEMM_KC - 1) / GEMM_KC, kc = (kseg + parts - 1) / parts;
-    const long nb = (K + kseg - 1) / kseg * parts;
-    return (double)(kc + nb + (ksplit ? fast_max_threads() : 0));
+    return gemm_roundings(K, kseg, GEMM_KC, ksplit ? fast_max_threads() : 0);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -110,14 +87,14 @@ static void check_bounded(const char *what, const float *got, const float *want,
                   (unsigned long long)seed, l2, l2b);
 }
 
-// For an output that is one reduction of length L: bound_i = g(L) mag_i + u |ref_i|.
+// For an output that is one reduction of length L: bound_gemm and bound_gemm_stat (tolerance.h).
 static void check_sum(const char *what, const float *got, const float *want, const float *mag, double L,
                       size_t n, uint64_t seed) {
     double *bmax = xmalloc(n * sizeof(double)), *bl2 = xmalloc(n * sizeof(double));
     for (size_t i = 0; i < n; i++) {
-        const double m = (1.0 + 2 * U) * mag[i], w = isfinite(want[i]) ? fabs(want[i]) : 0.0;
-        bmax[i] = gamma_of(L) * m + U * w;
-        bl2[i] = stat_of(L) * m + U * w;
+        const double w = isfinite(want[i]) ? fabs(want[i]) : 0.0;
+        bmax[i] = bound_gemm(L, mag[i], w);
+        bl2[i] = bound_gemm_stat(L, mag[i], w);
     }
     check_bounded(what, got, want, bmax, bl2, n, seed);
     free(bmax), free(bl2);
@@ -444,8 +421,8 @@ static void check_attention(int N, int C, int HW, uint64_t seed, int nonfinite) 
     ref_attention_backward(dr, da, wr, qkv, N, C, HW);
     fast_attention_backward(df, da, wr, qkv, N, C, HW);
     struct attn_bounds bm = bounds_new(nw, na), bs = bounds_new(nw, na);
-    attention_bounds(gamma_of, qkv, wr, da, ar, dr, N, C, HW, &bm);
-    attention_bounds(stat_of, qkv, wr, da, ar, dr, N, C, HW, &bs);
+    attention_bounds(gam, qkv, wr, da, ar, dr, N, C, HW, &bm);
+    attention_bounds(gam_stat, qkv, wr, da, ar, dr, N, C, HW, &bs);
     if (nonfinite)
         ck_assert_msg(nonfinite_count(wr, nw) && nonfinite_count(ar, na) && nonfinite_count(dr, nq),
                       "attention: no NaN/Inf reached w, a, dqkv");

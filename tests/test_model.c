@@ -1,7 +1,8 @@
 // test_model.c: the U-Net against the outside world: parameter and multiply-add counts of the
 // paper's networks, and the reference dumps of EDM's and the authors' own PyTorch classes
 // (tests/data/README.md): D(x; sigma), the EDM loss and every gradient, for a unified and a
-// multistage network.
+// multistage network, on every backend this machine has (ref, and fast with AVX2/FMA), within the
+// network budgets of tests/tolerance.h (NET_D_TOL, NET_GRAD_TOL).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +15,7 @@
 #include "../common/precond.h"
 #include "../common/safetensors.h"
 #include "testutil.h"
-
-static const struct msd_backend *be = &msd_backend_ref;
+#include "tolerance.h"
 
 // ---------------------------------------------------------------------------------------------------
 // Counts (PAPER.md section 2, measured on the authors' PyTorch classes)
@@ -24,7 +24,7 @@ static void check_counts(const char *preset, size_t params, const uint64_t *macs
     struct msd_config cfg;
     ck_assert_msg(msd_config_preset(&cfg, preset) == 0, "%s", msd_last_error());
     struct msd_model m;
-    ck_assert_msg(msd_model_create(&m, &cfg, be) == 0, "%s: %s", preset, msd_last_error());
+    ck_assert_msg(msd_model_create(&m, &cfg, &msd_backend_ref) == 0, "%s: %s", preset, msd_last_error());
     struct msd_counts c;
     msd_model_count(&m, &c);
     ck_assert_msg(c.total == params, "%s: %zu parameters, want %zu", preset, c.total, params);
@@ -47,7 +47,7 @@ START_TEST(paper_counts) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// Reference dumps
+// Reference dumps, on every backend (DESIGN.md section 8): ref, and fast where the CPU has AVX2/FMA.
 
 static const char *data_path(const char *file) {
     static char path[256];
@@ -66,8 +66,9 @@ static float *read_tensor(const struct msd_st_file *f, const char *name, size_t 
     return x;
 }
 
-// max |got - want| <= rel * max |want|, the bound DESIGN.md section 8 sets for the reference dumps
-static void check_rel(const float *got, const float *want, size_t n, double rel, const char *what) {
+// max |got - want| <= tol * max |want| (tests/tolerance.h: NET_D_TOL for D and the loss, NET_GRAD_TOL
+// for gradients), asserted once; returns the error as a fraction of max |want|.
+static double check_rel(const float *got, const float *want, size_t n, double tol, const char *what) {
     double scale = 0, err = 0;
     size_t worst = 0;
     for (size_t i = 0; i < n; i++) {
@@ -75,11 +76,25 @@ static void check_rel(const float *got, const float *want, size_t n, double rel,
         double e = fabs((double)got[i] - want[i]);
         if (!(e <= err)) err = e, worst = i; // NaN counts as the worst
     }
-    ck_assert_msg(err <= rel * scale, "%s: max abs err %.3g > %.0e x max |ref| %.3g at [%zu] (got %.9g, ref %.9g)",
-                  what, err, rel, scale, worst, got[worst], want[worst]);
+    ck_assert_msg(net_within(err, scale, tol), "%s: max abs err %.3g > %.0e x max |ref| %.3g at [%zu] (got %.9g, ref %.9g)",
+                  what, err, tol, scale, worst, got[worst], want[worst]);
+    return scale > 0 ? err / scale : 0.0;
 }
 
-static void check_reference(const char *file, const char *preset, int expect_stages) {
+// The backend of loop iteration i (0 ref, 1 fast), or NULL (with a line saying why) when this
+// machine lacks it.
+static const struct msd_backend *backend_of(int i, const char *test) {
+    if (i == 0) return &msd_backend_ref;
+    if (!msd_cpu_has_avx2_fma()) {
+        printf("model %s on fast: SKIPPED, this CPU lacks AVX2/FMA (fast/ cannot run here)\n", test);
+        return NULL;
+    }
+    const struct msd_backend *b = msd_backend_get("fast");
+    ck_assert_msg(b != NULL, "%s", msd_last_error());
+    return b;
+}
+
+static void check_reference(const struct msd_backend *be, const char *file, const char *preset, int expect_stages) {
     struct msd_st_file f;
     ck_assert_msg(msd_st_read(&f, data_path(file)) == 0, "%s", msd_last_error());
     struct msd_config cfg;
@@ -93,54 +108,78 @@ static void check_reference(const char *file, const char *preset, int expect_sta
     const int N = 3;
     ck_assert(msd_model_plan(&m, N, true) == 0);
     const double sigmas[2] = {0.3, 5.0};
+    // host: x, D, dx, g; backend: the same, and y and the noise for the loss
     float *x = tbuf_new(ny), *D = tbuf_new(ny), *dx = tbuf_new(ny), *g = tbuf_new(m.n_floats);
+    float *bx = be->alloc(ny), *bD = be->alloc(ny), *bdx = be->alloc(ny), *by = be->alloc(ny), *bn = be->alloc(ny);
+    ck_assert(bx && bD && bdx && by && bn);
+    be->upload(by, y, ny), be->upload(bn, noise, ny);
     struct msd_forward_opts o = {false, 0};
     for (int c = 0; c < 2; c++) {
         char name[200], what[256];
         double sigma[3] = {sigmas[c], sigmas[c], sigmas[c]};
         for (size_t i = 0; i < ny; i++) x[i] = (float)(y[i] + sigmas[c] * noise[i]);
         // D(y + sigma n; sigma)
-        ck_assert(msd_denoise_forward(&m, D, x, sigma, &o) == 0);
+        be->upload(bx, x, ny);
+        ck_assert(msd_denoise_forward(&m, bD, bx, sigma, &o) == 0);
+        be->download(D, bD, ny);
         snprintf(name, sizeof name, "case%d.D", c);
         float *Dref = read_tensor(&f, name, NULL);
-        snprintf(what, sizeof what, "%s %s", file, name);
-        check_rel(D, Dref, ny, 1e-5, what);
+        snprintf(what, sizeof what, "%s %s on %s", file, name, be->name);
+        const double eD = check_rel(D, Dref, ny, NET_D_TOL, what);
         // loss and gradients
         be->fill(m.grad, 0.0f, m.n_floats);
-        double loss = msd_loss(&m, y, noise, sigma, true, dx, NULL, &o);
+        double loss = msd_loss(&m, by, bn, sigma, true, bdx, NULL, &o);
+        be->download(dx, bdx, ny);
         snprintf(name, sizeof name, "case%d.loss", c);
         float *lref = read_tensor(&f, name, NULL);
-        ck_assert_msg(fabs(loss - lref[0]) <= 1e-5 * fabs(lref[0]), "%s %s: %.9g, ref %.9g", file, name,
-                      loss, lref[0]);
+        const double eL = fabs(loss - lref[0]) / fabs(lref[0]);
+        ck_assert_msg(eL <= NET_D_TOL, "%s %s on %s: %.9g, ref %.9g", file, name, be->name, loss, lref[0]);
         snprintf(name, sizeof name, "case%d.grad.x", c);
         float *gx = read_tensor(&f, name, NULL);
-        snprintf(what, sizeof what, "%s %s", file, name);
-        check_rel(dx, gx, ny, 1e-4, what);
+        snprintf(what, sizeof what, "%s %s on %s", file, name, be->name);
+        const double ex = check_rel(dx, gx, ny, NET_GRAD_TOL, what);
         be->download(g, m.grad, m.n_floats);
         const int stage = msd_config_stage_of(&cfg, sigmas[c]);
+        double eg = 0;
+        const char *worst = "";
         for (int k = 0; k < m.n_params; k++) {
             const struct msd_param *p = &m.params[k];
             snprintf(name, sizeof name, "case%d.grad.%s", c, p->name);
             float *gref = read_tensor(&f, name, NULL);
-            snprintf(what, sizeof what, "%s %s", file, name);
-            check_rel(g + p->offset, gref, p->numel, 1e-4, what);
-            if (p->owner != MSD_OWNER_SHARED && p->owner != stage)
-                for (size_t i = 0; i < p->numel; i++)
-                    ck_assert_msg(g[p->offset + i] == 0.0f, "%s: inactive decoder has gradient %g", what,
-                                  g[p->offset + i]);
+            snprintf(what, sizeof what, "%s %s on %s", file, name, be->name);
+            const double e = check_rel(g + p->offset, gref, p->numel, NET_GRAD_TOL, what);
+            if (e > eg) eg = e, worst = p->name;
+            if (p->owner != MSD_OWNER_SHARED && p->owner != stage) {
+                size_t i = 0;
+                while (i < p->numel && g[p->offset + i] == 0.0f) i++;
+                ck_assert_msg(i == p->numel, "%s: inactive decoder has gradient %g at [%zu]", what,
+                              i < p->numel ? g[p->offset + i] : 0.0, i);
+            }
             tbuf_free(gref);
         }
+        printf("model %s %s on %-4s: D %.2e, loss %.2e (bound %.0e); dx %.2e, worst gradient %.2e in %s "
+               "(bound %.0e), as fractions of max |ref|\n",
+               file, c ? "case1" : "case0", be->name, eD, eL, NET_D_TOL, ex, eg, worst, NET_GRAD_TOL);
         tbuf_free(Dref), tbuf_free(lref), tbuf_free(gx);
     }
+    float *dev[] = {bx, bD, bdx, by, bn};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->release(dev[i]);
     tbuf_free(x), tbuf_free(D), tbuf_free(dx), tbuf_free(g), tbuf_free(y), tbuf_free(noise);
     msd_model_free(&m);
     msd_st_free(&f);
 }
 
-START_TEST(reference_unified) { check_reference("edm-tiny-unified.safetensors", "tiny", 1); }
+// Loop tests: iteration 0 on ref, 1 on fast.
+START_TEST(reference_unified) {
+    const struct msd_backend *b = backend_of(_i, "reference_unified");
+    if (b) check_reference(b, "edm-tiny-unified.safetensors", "tiny", 1);
+}
 END_TEST
 
-START_TEST(reference_multistage) { check_reference("edm-tiny-ms.safetensors", "tiny-ms", 2); }
+START_TEST(reference_multistage) {
+    const struct msd_backend *b = backend_of(_i, "reference_multistage");
+    if (b) check_reference(b, "edm-tiny-ms.safetensors", "tiny-ms", 2);
+}
 END_TEST
 
 int main(void) {
@@ -148,8 +187,8 @@ int main(void) {
     TCase *tc = tcase_create("reference");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, paper_counts);
-    tcase_add_test(tc, reference_unified);
-    tcase_add_test(tc, reference_multistage);
+    tcase_add_loop_test(tc, reference_unified, 0, 2);
+    tcase_add_loop_test(tc, reference_multistage, 0, 2);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
