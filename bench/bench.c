@@ -1,7 +1,7 @@
 // bench.c: `make bench`, the backends measured against each other and against the machine.
 //
 //   build/bench [--backends ref,fast,cuda] [--batch N] [--ref-batch N] [--threads T] [--quick] [--csv]
-//               [--only ops|train|sample]
+//               [--only ops|train|sample] [--preset NAME]
 //
 // Three sections, every backend that this build and machine have (or those named):
 //   ops     per-op time at the `mini` layer shapes (batch 64): median milliseconds, GFLOP/s (2 flops
@@ -49,7 +49,8 @@ static struct {
     double budget; // seconds per measurement, at least
     bool csv;
     const char *only;
-} opt = {NULL, 64, 8, 5, 1.0, false, NULL};
+    const char *preset; // the train and sample sections' config, or NULL for mini and mini-ms
+} opt = {NULL, 64, 8, 5, 1.0, false, NULL, NULL};
 
 static double now(void) {
     struct timespec t;
@@ -462,7 +463,7 @@ static void bench_sample(const struct msd_backend *be, const char *preset) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: bench [--backends LIST] [--batch N] [--ref-batch N] [--reps N] [--budget S] [--quick]\n"
-            "             [--only ops|train|sample] [--csv]\n\n"
+            "             [--only ops|train|sample] [--preset NAME] [--csv]\n\n"
             "Per-op time and GFLOP/s against the measured AVX2 FMA peak, training-step and sampling\n"
             "throughput for mini and mini-ms, on every backend this build and machine have.\n\n"
             "  --backends LIST  comma-separated: ref, fast, cuda (default: all available)\n"
@@ -472,6 +473,7 @@ static void usage(FILE *f) {
             "  --budget S       seconds per measurement, at least (default 1)\n"
             "  --quick          --reps 3 --budget 0.2\n"
             "  --only SECTION   ops, train or sample\n"
+            "  --preset NAME    train and sample this config only (default: mini and mini-ms)\n"
             "  --csv            machine-readable lines only (header lines start with '#')\n\n"
             "OMP_NUM_THREADS sets the thread count. Time on an idle machine: load slows OpenMP a lot.\n");
 }
@@ -514,6 +516,13 @@ int main(int argc, char **argv) {
             opt.backends = v, i++;
         } else if (!strcmp(a, "--only") && v && (!strcmp(v, "ops") || !strcmp(v, "train") || !strcmp(v, "sample"))) {
             opt.only = v, i++;
+        } else if (!strcmp(a, "--preset") && v) {
+            struct msd_config c;
+            if (msd_config_preset(&c, v) < 0) {
+                fprintf(stderr, "bench: --preset: %s\n", msd_last_error());
+                return 2;
+            }
+            opt.preset = v, i++;
         } else if (!strcmp(a, "--batch")) {
             if (parse_int(a, v, &opt.batch)) return 2;
             i++;
@@ -573,15 +582,15 @@ int main(int argc, char **argv) {
         section_title("ops at the mini shapes (median time; GFLOP/s and % of peak, or GB/s for memory-bound ops)");
         for (int i = 0; i < nb; i++) bench_ops(bes[i]);
     }
-    const char *presets[] = {"mini", "mini-ms"};
+    const char *presets[] = {opt.preset ? opt.preset : "mini", opt.preset ? NULL : "mini-ms"};
     if (section("train")) {
         section_title("training steps (synthetic data; a multistage step trains one stage, picked at random)");
-        for (int p = 0; p < 2; p++)
+        for (int p = 0; p < 2 && presets[p]; p++)
             for (int i = 0; i < nb; i++) bench_train(bes[i], presets[p]);
     }
     if (section("sample")) {
         section_title("sampling (forward D(x; sigma) without gradients; Heun 18 steps from the EDM schedule)");
-        for (int p = 0; p < 2; p++)
+        for (int p = 0; p < 2 && presets[p]; p++)
             for (int i = 0; i < nb; i++) bench_sample(bes[i], presets[p]);
     }
     return 0;
