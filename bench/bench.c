@@ -118,9 +118,10 @@ struct timing {
     int reps;
 };
 
-// f(ctx) after one warm-up, repeated until opt.reps runs and opt.budget seconds are both reached (at
-// most 99 runs; at least 1 when one run takes longer than `single` seconds).
-static struct timing timeit(void (*f)(void *), void *ctx, const struct msd_backend *be, double single) {
+// f(ctx) after one warm-up, repeated until `reps` runs and opt.budget seconds are both reached (at
+// most 99 runs; only 1 when that run takes longer than `single` seconds).
+static struct timing timeit_reps(void (*f)(void *), void *ctx, const struct msd_backend *be, double single,
+                                 int reps) {
     double t[99];
     f(ctx);
     be->sync();
@@ -133,10 +134,14 @@ static struct timing timeit(void (*f)(void *), void *ctx, const struct msd_backe
         t[n] = now() - t0;
         total += t[n++];
         if (t[0] > single) break;
-        if (n >= opt.reps && total >= opt.budget) break;
+        if (n >= reps && total >= opt.budget) break;
     }
     qsort(t, n, sizeof t[0], cmp_double);
     return (struct timing){t[n / 2], t[0], t[n - 1], n};
+}
+
+static struct timing timeit(void (*f)(void *), void *ctx, const struct msd_backend *be, double single) {
+    return timeit_reps(f, ctx, be, single, opt.reps);
 }
 
 static double peak;
@@ -318,16 +323,6 @@ static void bench_ops(const struct msd_backend *be) {
 // ---------------------------------------------------------------------------------------------------
 // train and sample
 
-// A data set of random pixels (fixed seed): msd_train_step reads a batch of it like any other.
-static void synthetic_data(struct msd_dataset *d, int n, int channels, int res) {
-    memset(d, 0, sizeof *d);
-    d->n = n, d->channels = channels, d->res = res;
-    d->pixels = xmalloc((size_t)n * channels * res * res);
-    for (size_t i = 0; i < (size_t)n * channels * res * res; i++)
-        d->pixels[i] = (uint8_t)(msd_rng_u32(1, MSD_STREAM_TEST, i) & 255);
-    snprintf(d->source, sizeof d->source, "synthetic %d images", n);
-}
-
 struct trainctx {
     struct msd_model *m;
     struct msd_train_state *st;
@@ -358,8 +353,12 @@ static void bench_train(const struct msd_backend *be, const char *preset) {
     struct msd_model m;
     if (model_for(&m, preset, be) < 0) return;
     struct msd_train_state st;
-    struct msd_dataset data;
-    synthetic_data(&data, 1024, m.cfg.in_channels, m.cfg.img_resolution);
+    struct msd_dataset data; // random pixels: no file to read, the same work as real images
+    if (msd_data_random(&data, 1024, m.cfg.in_channels, m.cfg.img_resolution, 1) < 0) {
+        fprintf(stderr, "bench: %s\n", msd_last_error());
+        msd_model_free(&m);
+        return;
+    }
     struct msd_train_opts o;
     msd_train_defaults(&o);
     o.batch = B, o.lr_rampup = 0; // a constant learning rate: every step does the same work
@@ -372,13 +371,11 @@ static void bench_train(const struct msd_backend *be, const char *preset) {
     struct trainctx t = {&m, &st, &data, &o};
     // A multistage step trains one stage (its decoder) per step, picked at random: the median over the
     // steps timed is a typical step, and more steps are timed so that every stage shows up.
-    const int saved = opt.reps;
-    if (m.cfg.n_stages > 1 && opt.reps < 9) opt.reps = 9;
+    const int reps = m.cfg.n_stages > 1 && opt.reps < 9 ? 9 : opt.reps;
     const double single = strcmp(be->name, "ref") == 0 ? 1.0 : 1e9;
     char what[96];
     snprintf(what, sizeof what, "train step %s (%d stage%s)", preset, m.cfg.n_stages, m.cfg.n_stages > 1 ? "s" : "");
-    const struct timing tm = timeit(train_step, &t, be, single);
-    opt.reps = saved;
+    const struct timing tm = timeit_reps(train_step, &t, be, single, reps);
     report("train", be->name, what, B, tm, 0, 0, B);
     msd_train_state_free(&st, &m);
     msd_model_free(&m);
@@ -394,20 +391,18 @@ struct samplectx {
     const double *schedule;
     int n_schedule;
 };
-static void forward(void *p) {
-    struct samplectx *s = p;
-    for (int i = 0; i < s->B; i++) s->sigmas[i] = s->sigma;
-    const struct msd_forward_opts fo = {false, 0};
-    if (msd_denoise_forward(s->m, s->D, s->x, s->sigmas, &fo) < 0) {
-        fprintf(stderr, "bench: forward failed: %s\n", msd_last_error());
-        exit(1);
-    }
-}
 static int denoise(void *ctx, float *D, const float *x, double sigma) {
     struct samplectx *s = ctx;
     for (int i = 0; i < s->B; i++) s->sigmas[i] = sigma;
     const struct msd_forward_opts fo = {false, 0};
     return msd_denoise_forward(s->m, D, x, s->sigmas, &fo);
+}
+static void forward(void *p) {
+    struct samplectx *s = p;
+    if (denoise(s, s->D, s->x, s->sigma) < 0) {
+        fprintf(stderr, "bench: forward failed: %s\n", msd_last_error());
+        exit(1);
+    }
 }
 static void heun(void *p) {
     struct samplectx *s = p;

@@ -437,6 +437,17 @@ int msd_data_open(struct msd_dataset *d, const char *spec) {
     return rc;
 }
 
+int msd_data_random(struct msd_dataset *d, int n, int channels, int res, uint64_t seed) {
+    memset(d, 0, sizeof *d);
+    const size_t bytes = (size_t)n * channels * res * res;
+    if (n < 1 || channels < 1 || res < 1 || !(d->pixels = malloc(bytes)))
+        return msd_set_error("random data set: cannot hold %d images of %dx%dx%d", n, channels, res, res);
+    d->n = n, d->channels = channels, d->res = res;
+    for (size_t i = 0; i < bytes; i++) d->pixels[i] = (uint8_t)(msd_rng_u32(seed, MSD_STREAM_TEST, i) & 255);
+    snprintf(d->source, sizeof d->source, "%d random images (seed %llu)", n, (unsigned long long)seed);
+    return 0;
+}
+
 void msd_data_free(struct msd_dataset *d) {
     free(d->pixels);
     free(d->labels);

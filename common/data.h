@@ -41,6 +41,10 @@ struct msd_dataset {
 
 // Open the data set named by spec (see above). 0, or -1 with msd_set_error; *d is zeroed on failure.
 int msd_data_open(struct msd_dataset *d, const char *spec);
+// A data set of n random images of (channels, res, res) without labels, for tests and benchmarks:
+// pixel i of the whole set is msd_rng_u32(seed, MSD_STREAM_TEST, i) & 255. 0, or -1 with a message
+// (out of memory); *d is zeroed on failure and freed by msd_data_free.
+int msd_data_random(struct msd_dataset *d, int n, int channels, int res, uint64_t seed);
 // Free what msd_data_open allocated and zero *d (harmless on a zeroed or already freed *d).
 void msd_data_free(struct msd_dataset *d);
 

@@ -527,6 +527,28 @@ START_TEST(png_folder_not_square) {
 }
 END_TEST
 
+// msd_data_random: the documented pixels (the counter RNG's TEST stream over the whole set), every
+// byte value reachable, no labels; a shape it cannot hold is an error that names the shape.
+START_TEST(random_data_set) {
+    struct msd_dataset d;
+    ck_assert_msg(msd_data_random(&d, 5, 3, 7, 42) == 0, "%s", msd_last_error());
+    ck_assert(d.n == 5 && d.channels == 3 && d.res == 7 && d.labels == NULL);
+    const size_t bytes = 5 * 3 * 7 * 7;
+    size_t wrong = bytes;
+    int lo = 255, hi = 0;
+    for (size_t i = 0; i < bytes; i++) {
+        if (d.pixels[i] != (msd_rng_u32(42, MSD_STREAM_TEST, i) & 255) && wrong == bytes) wrong = i;
+        lo = d.pixels[i] < lo ? d.pixels[i] : lo, hi = d.pixels[i] > hi ? d.pixels[i] : hi;
+    }
+    ck_assert_msg(wrong == bytes, "pixel %zu is not the documented draw", wrong);
+    ck_assert_msg(lo < 8 && hi > 247, "pixels span only [%d, %d] in %zu draws", lo, hi, bytes);
+    msd_data_free(&d);
+    ck_assert_int_eq(msd_data_random(&d, 0, 1, 28, 1), -1);
+    ck_assert_ptr_null(d.pixels);
+    ck_assert_msg(strstr(msd_last_error(), "0 images of 1x28x28") != NULL, "%s", msd_last_error());
+}
+END_TEST
+
 START_TEST(png_folder_nonexistent) {
     const char *path = test_path("does-not-exist");
     expect_fail(path, path, "No such file or directory");
@@ -567,6 +589,7 @@ int main(void) {
     tcase_add_test(tc, png_folder_mixed_channels);
     tcase_add_test(tc, png_folder_not_square);
     tcase_add_test(tc, png_folder_nonexistent);
+    tcase_add_test(tc, random_data_set);
     suite_add_tcase(s, tc);
     int rc = run_suite(s);
     test_tmpdir_remove();

@@ -215,16 +215,6 @@ END_TEST
 // again the step's own), and trains another stage, whose decoder takes its first Adam step while
 // the shared part takes its second.
 
-// A data set of random bytes, n images of cfg's shape.
-static void random_data(struct msd_dataset *d, const struct msd_config *c, int n, uint64_t seed) {
-    memset(d, 0, sizeof *d);
-    d->n = n, d->channels = c->in_channels, d->res = c->img_resolution;
-    const size_t bytes = (size_t)n * d->channels * d->res * d->res;
-    d->pixels = xmalloc(bytes);
-    for (size_t i = 0; i < bytes; i++) d->pixels[i] = (uint8_t)msd_rng_u32(seed, MSD_STREAM_TEST + 8, i);
-    snprintf(d->source, sizeof d->source, "random bytes (seed %llu)", (unsigned long long)seed);
-}
-
 // A training state on the host: weights, Adam moments, EMA, and the gradients of the last step
 // (NULL unless asked for).
 struct host_state {
@@ -352,7 +342,8 @@ START_TEST(train_steps_mini_ms) {
     const int B = 2;
     nets_create(&t, "mini-ms", B, true, 0.1f, 300); // dropout on: the same masks on both backends
     struct msd_dataset data;
-    random_data(&data, &t.cfg, 16, 301);
+    ck_assert_msg(msd_data_random(&data, 16, t.cfg.in_channels, t.cfg.img_resolution, 301) == 0, "%s",
+                  msd_last_error());
     struct msd_train_opts o;
     msd_train_defaults(&o);
     o.batch = B;
