@@ -45,11 +45,22 @@ ifneq ($(NO_CUDA),1)
 endif
 ifeq ($(CUDA_ON),1)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
-  NVCCFLAGS := -O2 -g -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall
+  # sm_90 machine code plus PTX, which the driver compiles for newer GPUs. No --use_fast_math.
+  NVCCFLAGS := -O3 -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall -lineinfo
   CFLAGS_BASE += -DMSD_HAVE_CUDA
-  LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart -lstdc++
+  # the static runtime: the program needs only the driver (libcuda) on the machine that runs it
+  LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
   CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/%.o)
 endif
+
+# --- The CUDA emulator: the same cuda/*.cu compiled as C++ for the CPU (cuda/emu.h), on every machine,
+# so that tests/test_cuda.c runs the CUDA kernels' logic here as well as on a device.
+CXX ?= g++
+CUEMU_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -DMSD_CUDA_EMU -MMD -MP -x c++
+ifeq ($(SANITIZE),1)
+  CUEMU_CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+CUEMU_OBJS := $(patsubst cuda/%,$(BUILD)/cuda-emu/%.o,$(CUDA_SRCS) cuda/emu.cpp)
 
 # --- Check (the test framework) ---------------------------------------------------------------------
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -88,6 +99,14 @@ $(BUILD)/cuda/%.o: cuda/%.cu $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
+$(BUILD)/cuda-emu/%.o: cuda/% $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CUEMU_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/libmsdiff_cuemu.a: $(CUEMU_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
 $(BUILD)/libmsdiff.a: $(LIB_OBJS)
 	rm -f $@
 	ar rcs $@ $^
@@ -97,6 +116,17 @@ msdiff: $(BUILD)/common/msdiff.o $(BUILD)/libmsdiff.a
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL_OBJS) $(BUILD)/libmsdiff.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+# The CUDA suites run twice: on the device (skipped, saying why, where there is none) and on the
+# emulated kernels (tests/test_cuda*.c built with -DTEST_CUDA_EMU). The emulated ones run first.
+CUDA_TEST_SRCS := $(wildcard tests/test_cuda*.c)
+CUEMU_TEST_BINS := $(CUDA_TEST_SRCS:tests/%.c=$(BUILD)/tests/%_emu)
+TEST_BINS := $(CUEMU_TEST_BINS) $(TEST_BINS)
+$(BUILD)/tests/%_emu.o: tests/%.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -DTEST_CUDA_EMU -c $< -o $@
+$(BUILD)/tests/%_emu: $(BUILD)/tests/%_emu.o $(TEST_UTIL_OBJS) $(BUILD)/libmsdiff_cuemu.a $(BUILD)/libmsdiff.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS) -lstdc++
 
 # check and demo first install missing Debian packages (.ci/install-deps), then build in a fresh
 # make so that pkg-config sees what was just installed.

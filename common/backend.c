@@ -26,7 +26,14 @@ const struct msd_backend *msd_backend_get_for_cpu(const char *name, bool avx2_fm
         return NULL;
     }
     if (strcmp(name, "cuda") == 0) {
-        msd_set_error("backend 'cuda' is not available in this build");
+#ifdef MSD_HAVE_CUDA
+        char why[256];
+        if (msd_cuda_probe(why, sizeof why)) return &msd_backend_cuda;
+        msd_set_error("backend 'cuda' cannot run here: %s (use --backend fast or ref)", why);
+#else
+        msd_set_error("backend 'cuda' is not in this build: nvcc was not found when it was built "
+                      "(install the CUDA toolkit and rebuild, or use --backend fast or ref)");
+#endif
         return NULL;
     }
     msd_set_error("unknown backend '%s' (expected ref, fast or cuda)", name);

@@ -23,6 +23,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { // cuda/ is C++ (CUDA), and shares this table
+#endif
+
 struct msd_backend {
     const char *name;
 
@@ -179,7 +183,12 @@ struct msd_backend {
     X(combine_rows) X(sqerr_rows) X(adam) X(ema) X(nan_to_num) X(sumsq) \
     X(posterior_mean)
 #define MSD_COUNT_OP(op) +1
-_Static_assert(sizeof(struct msd_backend) ==
+#ifdef __cplusplus
+#define MSD_STATIC_ASSERT static_assert
+#else
+#define MSD_STATIC_ASSERT _Static_assert
+#endif
+MSD_STATIC_ASSERT(sizeof(struct msd_backend) ==
                    sizeof(const char *) + (0 MSD_BACKEND_OPS(MSD_COUNT_OP)) * sizeof(void (*)(void)),
                "MSD_BACKEND_OPS must list every op of struct msd_backend");
 
@@ -203,5 +212,13 @@ extern const struct msd_backend msd_backend_ref;
 // The AVX2+FMA backend (fast/): linked into every build, usable only on a CPU with AVX2 and FMA, so
 // reach it through msd_backend_get("fast"), which checks.
 extern const struct msd_backend msd_backend_fast;
+// The CUDA backend (cuda/), in builds made with nvcc (MSD_HAVE_CUDA): reach it through
+// msd_backend_get("cuda"), which checks for a device with msd_cuda_probe (1 when usable; else 0 and
+// the reason in `why`).
+extern const struct msd_backend msd_backend_cuda;
+int msd_cuda_probe(char *why, size_t len);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

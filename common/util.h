@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" { // also used by cuda/ (C++)
+#endif
+
 // Print "file:line: message" and abort. Used by CHECK and the wrappers below.
 void msd_fatal(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4), noreturn));
@@ -34,5 +38,9 @@ void msd_fwrite_at(const void *src, size_t size, size_t count, FILE *f, const ch
 #define xfread(dst, size, count, f) msd_fread_at((dst), (size), (count), (f), __FILE__, __LINE__)
 #define xstrdup(s) msd_strdup_at((s), __FILE__, __LINE__)
 #define xfwrite(src, size, count, f) msd_fwrite_at((src), (size), (count), (f), __FILE__, __LINE__)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -1,0 +1,114 @@
+// backend.cu: device memory, the stream, checked calls, and the op table of the CUDA backend.
+//
+// What differs from ref/backend.c: memory is the device's (cudaMalloc), every op is queued on one
+// stream and returns before it has run; download and sync wait for the queue. upload and download
+// copy through pageable host memory, so they are synchronous with respect to the host buffer.
+#include <stdio.h>
+
+#include "cuda.cuh"
+
+namespace MSD_CUDA_NS {
+
+static cudaStream_t the_stream; // created by msd_cuda_probe; the emulator ignores it
+cudaStream_t stream() { return the_stream; }
+
+void check_at(cudaError_t err, const char *call, const char *file, int line) {
+    if (err != cudaSuccess)
+        msd_fatal(file, line, "CUDA call %s failed: %s (a device fault poisons the context: rerun "
+                  "under compute-sanitizer to find the kernel)", call, cudaGetErrorString(err));
+}
+
+float *cu_alloc(size_t n) {
+    void *p = NULL;
+    if (n > SIZE_MAX / sizeof(float)) return NULL;
+    if (cudaMalloc(&p, (n ? n : 1) * sizeof(float)) != cudaSuccess) {
+        cudaGetLastError(); // clear the sticky-free allocation error, the caller reports NULL
+        return NULL;
+    }
+    return (float *)p;
+}
+void cu_release(float *p) {
+    if (p) CU_CHECK(cudaFree(p));
+}
+void cu_upload(float *dst, const float *host_src, size_t n) {
+    CU_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(float), cudaMemcpyHostToDevice, stream()));
+    CU_CHECK(cudaStreamSynchronize(stream())); // the host buffer may be reused at once
+}
+void cu_download(float *host_dst, const float *src, size_t n) {
+    CU_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream()));
+    CU_CHECK(cudaStreamSynchronize(stream()));
+}
+void cu_copy(float *dst, const float *src, size_t n) {
+    if (dst != src)
+        CU_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream()));
+}
+
+__global__ static void fill_kernel(float *x, float value, size_t n) {
+    CU_FOR(i, n) x[i] = value;
+}
+void cu_fill(float *x, float value, size_t n) {
+    if (n) launch("fill", fill_kernel, grid_for(n), CU_THREADS, x, value, n);
+}
+void cu_sync(void) { CU_CHECK(cudaStreamSynchronize(stream())); }
+
+// The backend's one scratch buffer (cuda.cuh). Growing it frees the old one, which waits for the
+// queued work that may still read it (cudaFree synchronizes).
+static float *scratch_buf;
+static size_t scratch_n;
+float *cu_scratch(size_t n) {
+    if (n > scratch_n) {
+        if (scratch_buf) CU_CHECK(cudaFree(scratch_buf));
+        scratch_buf = NULL;
+        void *p = NULL;
+        CU_CHECK(cudaMalloc(&p, n * sizeof(float)));
+        scratch_buf = (float *)p;
+        scratch_n = n;
+    }
+    return scratch_buf;
+}
+
+} // namespace MSD_CUDA_NS
+
+using namespace MSD_CUDA_NS;
+
+// The table: positional, in the order of MSD_BACKEND_OPS (which is the struct's order; backend.h's
+// static assertion checks that the list covers the struct).
+#define CU_OP(op) cu_##op,
+#ifdef MSD_CUDA_EMU
+extern "C" const struct msd_backend msd_backend_cuda_emu = {"cuda-emu", MSD_BACKEND_OPS(CU_OP)};
+#else
+extern "C" const struct msd_backend msd_backend_cuda = {"cuda", MSD_BACKEND_OPS(CU_OP)};
+
+// Whether this machine can run the backend: a CUDA device of compute capability 7.0 or newer, which
+// then gets the backend's stream. On failure, writes why into `why` and returns 0. The answer is
+// computed once.
+extern "C" int msd_cuda_probe(char *why, size_t len) {
+    static int state = -1; // -1 not yet asked, 0 unavailable, 1 ready
+    static char reason[512];
+    if (state < 0) {
+        int count = 0;
+        cudaError_t err = cudaGetDeviceCount(&count);
+        cudaDeviceProp prop;
+        if (err != cudaSuccess) {
+            snprintf(reason, sizeof reason, "no usable CUDA device (%s)", cudaGetErrorString(err));
+            cudaGetLastError();
+            state = 0;
+        } else if (count == 0) {
+            snprintf(reason, sizeof reason, "no CUDA device on this machine");
+            state = 0;
+        } else if ((err = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess || prop.major < 7) {
+            snprintf(reason, sizeof reason, "device 0 (%.200s) has compute capability %d.%d; cuda/ needs 7.0 or newer",
+                     err == cudaSuccess ? prop.name : "unknown", prop.major, prop.minor);
+            state = 0;
+        } else if ((err = cudaStreamCreateWithFlags(&the_stream, cudaStreamNonBlocking)) != cudaSuccess) {
+            snprintf(reason, sizeof reason, "cannot create a stream on %.200s (%s)", prop.name,
+                     cudaGetErrorString(err));
+            state = 0;
+        } else {
+            state = 1;
+        }
+    }
+    if (!state && why && len) snprintf(why, len, "%s", reason);
+    return state;
+}
+#endif

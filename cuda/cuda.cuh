@@ -1,0 +1,166 @@
+// cuda.cuh: what every file of cuda/ shares: the runtime (the real one, or cuda/emu.h's CPU emulation),
+// the checked-call wrapper, the backend's stream, the launch helper, grid sizing, a block-wide sum,
+// and the declarations of the ops (one per op of struct msd_backend, named cu_<op>).
+//
+// Contract of cuda/ (every file): the same functions as ref/, as CUDA kernels in fp32 (no TF32, no
+// fast-math: NaN and Inf come out as ref's), launched on one stream, asynchronous; only download and
+// sync wait. Each file comments what it computes differently from its ref/ namesake (order of sums,
+// float where ref uses double); tests/test_cuda.c holds it to bounds derived from that, on the device
+// when there is one and on the CPU emulator always.
+//
+// Two builds of the same sources, in two namespaces so that both can be linked into one program:
+//   nvcc                      -> namespace msd_cuda,     table msd_backend_cuda
+//   g++ -x c++ -DMSD_CUDA_EMU -> namespace msd_cuda_emu, table msd_backend_cuda_emu (tests only)
+#ifndef MSD_CUDA_CUH
+#define MSD_CUDA_CUH
+
+#ifdef MSD_CUDA_EMU
+#include "emu.h"
+#define MSD_CUDA_NS msd_cuda_emu
+#else
+#include <cuda_runtime.h>
+#define MSD_CUDA_NS msd_cuda
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/backend.h"
+#include "../common/util.h"
+
+namespace MSD_CUDA_NS {
+
+// ---------------------------------------------------------------------------------------------------
+// Checked calls: a failing CUDA call aborts with the call, file, line and CUDA's message (ops have no
+// error return, and a device fault leaves nothing to recover).
+void check_at(cudaError_t err, const char *call, const char *file, int line);
+#define CU_CHECK(call) check_at((call), #call, __FILE__, __LINE__)
+
+// The stream every op is queued on (created when the backend is first handed out).
+cudaStream_t stream();
+
+// Scratch in device memory for ops that need partial results (split-K sums): at least n floats,
+// valid until the next call. One buffer for the backend, grown on demand and kept, so that a
+// training step allocates nothing after its first run (and can be captured as a CUDA graph). Ops
+// run in stream order, so one op's partials are consumed before the next op reuses the buffer.
+float *cu_scratch(size_t n);
+
+// Launch `kernel` on grid x block threads on the backend's stream and check the launch. `name` is for
+// messages. The arguments are converted to the kernel's parameter types here, as <<<>>> would.
+template <typename... P, typename... A>
+static inline void launch(const char *name, void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
+#ifdef MSD_CUDA_EMU
+    emu_launch(name, grid, block, [&] { kernel(P(args)...); });
+#else
+    (void)name;
+    kernel<<<grid, block, 0, stream()>>>(P(args)...);
+    check_at(cudaGetLastError(), name, __FILE__, __LINE__);
+#endif
+}
+
+// Threads per block for the one-dimensional kernels, and the grid for n items with a grid-stride
+// loop: enough blocks to fill the device, never more than the items need, never zero.
+static const unsigned CU_THREADS = 256, CU_MAX_BLOCKS = 4096;
+static inline unsigned grid_for(size_t n) {
+    size_t b = (n + CU_THREADS - 1) / CU_THREADS;
+    return b == 0 ? 1u : b > CU_MAX_BLOCKS ? CU_MAX_BLOCKS : (unsigned)b;
+}
+
+// The grid-stride loop over i < n: each thread takes i = its global index, then steps by the grid.
+#define CU_FOR(i, n)                                                                               \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
+         i += (size_t)gridDim.x * blockDim.x)
+
+// Sum of v over the threads of a one-dimensional block whose size is a power of two <= 1024, by a
+// tree in shared memory: the same order on every run, so results are reproducible. Every thread of
+// the block must call it; every thread gets the sum.
+template <typename T>
+__device__ static inline T block_sum(T v) {
+    __shared__ T part[1024];
+    const unsigned t = threadIdx.x;
+    part[t] = v;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+        if (t < half) part[t] += part[t + half];
+        __syncthreads();
+    }
+    T sum = part[0];
+    __syncthreads(); // nobody may write part[] again until everyone has read the sum
+    return sum;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The ops (documented once, in common/backend.h).
+
+// backend.cu: memory
+float *cu_alloc(size_t n);
+void cu_release(float *p);
+void cu_upload(float *dst, const float *host_src, size_t n);
+void cu_download(float *host_dst, const float *src, size_t n);
+void cu_copy(float *dst, const float *src, size_t n);
+void cu_fill(float *x, float value, size_t n);
+void cu_sync(void);
+
+// conv.cu, linear.cu
+void cu_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int C, int H,
+                       int W, int OC, int K);
+void cu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, int N, int C, int H, int W, int OC, int K);
+void cu_linear_forward(float *y, const float *x, const float *w, const float *b, int N, int IN,
+                       int OUT);
+void cu_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, int N, int IN, int OUT);
+
+// resample.cu
+void cu_down2_forward(float *y, const float *x, int N, int C, int H, int W);
+void cu_down2_backward(float *dx, const float *dy, int N, int C, int H, int W);
+void cu_up2_forward(float *y, const float *x, int N, int C, int H, int W);
+void cu_up2_backward(float *dx, const float *dy, int N, int C, int H, int W);
+
+// norm.cu
+void cu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                          const float *beta, int N, int C, int HW, int G, float eps);
+void cu_groupnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                           const float *mean, const float *rstd, const float *x, const float *gamma,
+                           int N, int C, int HW, int G);
+
+// attention.cu
+void cu_attention_forward(float *a, float *w, const float *qkv, int N, int C, int HW);
+void cu_attention_backward(float *dqkv, const float *da, const float *w, const float *qkv, int N,
+                           int C, int HW);
+
+// embedding.cu, dropout.cu
+void cu_posemb_forward(float *y, const float *c, int N, int C);
+void cu_dropout_forward(float *y, const float *x, float p, uint64_t seed, uint64_t stream, size_t n);
+void cu_dropout_backward(float *dx, const float *dy, float p, uint64_t seed, uint64_t stream,
+                         size_t n);
+
+// elementwise.cu
+void cu_silu_forward(float *y, const float *x, size_t n);
+void cu_silu_backward(float *dx, const float *dy, const float *x, size_t n);
+void cu_concat_forward(float *y, const float *a, const float *b, int N, int CA, int CB, int HW);
+void cu_concat_backward(float *da, float *db, const float *dy, int N, int CA, int CB, int HW);
+void cu_add(float *y, const float *a, const float *b, size_t n);
+void cu_scale(float *y, const float *x, float s, size_t n);
+void cu_axpby(float *y, float a, const float *x, float b, size_t n);
+void cu_bias_add_forward(float *y, const float *x, const float *bias, int N, int C, int HW);
+void cu_bias_add_backward(float *dbias, const float *dy, int N, int C, int HW);
+void cu_scale_rows(float *y, const float *x, const float *s, int N, size_t M);
+void cu_combine_rows(float *y, const float *a, const float *x, const float *b, const float *z, int N,
+                     size_t M);
+void cu_sqerr_rows(float *out, const float *x, const float *z, int N, size_t M);
+
+// optim.cu
+void cu_adam(float *p, float *m, float *v, const float *g, float lr, float beta1, float beta2,
+             float eps, long step, size_t n);
+void cu_ema(float *ema, const float *p, float beta, size_t n);
+void cu_nan_to_num(float *x, float nan, float posinf, float neginf, size_t n);
+void cu_sumsq(float *out, const float *x, size_t n);
+
+// denoiser.cu
+void cu_posterior_mean(float *m, float *w, const float *z, const float *data, const float *sigma,
+                       int N, int K, size_t M);
+
+} // namespace MSD_CUDA_NS
+
+#endif

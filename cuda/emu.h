@@ -1,0 +1,92 @@
+// emu.h: just enough of CUDA to run cuda/'s kernels on the CPU, so that the kernels' logic (indexing,
+// tiling, bounds guards, barriers, reductions) is tested on every machine, GPU or not.
+//
+// The same .cu files compile two ways (cuda/cuda.cuh chooses):
+//   - with nvcc, for the GPU: the backend "cuda";
+//   - with g++ -x c++ -DMSD_CUDA_EMU, against this header: the backend "cuda-emu", used only by the
+//     tests (tests/test_cuda.c runs the same conformance suite on both).
+//
+// How a launch runs here: blocks one after another; inside a block every thread is a fiber
+// (ucontext) on one OS thread. A thread runs until it reaches __syncthreads() or a warp shuffle, then
+// the next thread runs; when all threads have arrived, they all go on. So:
+//   - __shared__ is `static`: one copy, shared by the threads of the block that is running, which is
+//     exactly CUDA's scope because only one block runs at a time.
+//   - A barrier that some threads skip (one returned early, or the barrier sits in a branch that
+//     diverges) is an error in CUDA (undefined behaviour); here it aborts with the kernel's name.
+//   - Warp shuffles are emulated with two block-wide barriers, so a kernel that shuffles must do so
+//     with every thread of the block (the kernels in cuda/ are written that way).
+//   - Atomics are plain read-modify-writes: threads never run at the same time.
+// What the emulator cannot show: races between threads that a barrier should have ordered but did
+// not (the order here is fixed: thread 0, 1, 2, ... between barriers), memory-model effects, speed.
+// compute-sanitizer's racecheck on a device covers the first (bench/device-check.sh).
+#ifndef MSD_CUDA_EMU_H
+#define MSD_CUDA_EMU_H
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+// ---------------------------------------------------------------------------------------------------
+// The built-in variables and qualifiers.
+struct uint3 {
+    unsigned x, y, z;
+};
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+extern uint3 threadIdx, blockIdx;
+extern dim3 blockDim, gridDim;
+static const int warpSize = 32;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __restrict__ __restrict
+
+// ---------------------------------------------------------------------------------------------------
+// Barriers, shuffles, atomics, intrinsics.
+void __syncthreads();
+// The lane's value exchanged through the block: every thread of the block must call it.
+float emu_shfl(float v, int src_lane);
+static inline float __shfl_down_sync(unsigned, float v, int d) {
+    int lane = (int)(threadIdx.x % 32);
+    return emu_shfl(v, lane + d < 32 ? lane + d : lane);
+}
+static inline float __shfl_xor_sync(unsigned, float v, int m) {
+    return emu_shfl(v, (int)(threadIdx.x % 32) ^ m);
+}
+static inline float __shfl_sync(unsigned, float v, int src) { return emu_shfl(v, src); }
+static inline float atomicAdd(float *p, float v) {
+    float old = *p;
+    *p = old + v;
+    return old;
+}
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __ldg(const float *p) { return *p; }
+
+// ---------------------------------------------------------------------------------------------------
+// The runtime calls cuda/ makes, on host memory.
+typedef int cudaError_t;
+typedef struct emu_stream *cudaStream_t;
+enum { cudaSuccess = 0, cudaErrorMemoryAllocation = 2 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+const char *cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError();
+cudaError_t cudaMalloc(void **p, size_t bytes);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind, cudaStream_t);
+cudaError_t cudaStreamSynchronize(cudaStream_t);
+
+// Run `body` as every thread of every block of the launch (grid, block); `name` is for messages.
+void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<void()> &body);
+
+#endif
