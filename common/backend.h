@@ -39,6 +39,9 @@ struct msd_backend {
     void (*download)(float *host_dst, const float *src, size_t n);
     void (*copy)(float *dst, const float *src, size_t n);
     void (*fill)(float *x, float value, size_t n);
+    // x[i] = msd_rng_normal(seed, stream, i) (common/rng.h): standard normal noise drawn where the
+    // tensor lives, so that a training step's noise never crosses from the host. x: (n)
+    void (*fill_normal)(float *x, uint64_t seed, uint64_t stream, size_t n);
     void (*sync)(void);
 
     // ---------------------------------------------------------------------------------------------
@@ -174,7 +177,7 @@ struct msd_backend {
 // (`#define REF_OP(op) .op = ref_##op,`), so an op that a backend lacks is an undeclared identifier,
 // a build error rather than a NULL pointer found at run time; the assertion below keeps the list and
 // the struct in step.
-#define MSD_BACKEND_OPS(X) X(alloc) X(release) X(upload) X(download) X(copy) X(fill) X(sync) \
+#define MSD_BACKEND_OPS(X) X(alloc) X(release) X(upload) X(download) X(copy) X(fill) X(fill_normal) X(sync) \
     X(conv2d_forward) X(conv2d_backward) X(down2_forward) X(down2_backward) X(up2_forward) \
     X(up2_backward) X(groupnorm_forward) X(groupnorm_backward) X(linear_forward) \
     X(linear_backward) X(silu_forward) X(silu_backward) X(attention_forward) X(attention_backward) \

@@ -160,9 +160,7 @@ int msd_train_step(struct msd_model *m, struct msd_train_state *st, const struct
     // clean images and unit noise of this step
     msd_data_batch(data, st->host, B, o->seed, (uint64_t)st->step, o->xflip);
     be->upload(st->y, st->host, (size_t)B * M);
-    const uint64_t noise_stream = step_stream(MSD_STREAM_NOISE, st->step);
-    for (size_t i = 0; i < (size_t)B * M; i++) st->host[i] = msd_rng_normal(o->seed, noise_stream, i);
-    be->upload(st->n, st->host, (size_t)B * M);
+    be->fill_normal(st->n, o->seed, step_stream(MSD_STREAM_NOISE, st->step), (size_t)B * M);
     // loss and gradients; the weights are untouched until the loss is known to be finite
     be->fill(m->grad, 0.0f, m->n_floats);
     const struct msd_forward_opts fo = {true, o->seed + 0x9E3779B97F4A7C15ull * (uint64_t)(st->step + 1)};

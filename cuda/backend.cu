@@ -5,6 +5,7 @@
 // copy through pageable host memory, so they are synchronous with respect to the host buffer.
 #include <stdio.h>
 
+#include "../common/rng.h"
 #include "cuda.cuh"
 
 namespace MSD_CUDA_NS {
@@ -48,6 +49,14 @@ __global__ static void fill_kernel(float *x, float value, size_t n) {
 }
 void cu_fill(float *x, float value, size_t n) {
     if (n) launch("fill", fill_kernel, grid_for(n), CU_THREADS, x, value, n);
+}
+// The same counter RNG as ref (common/rng.h is __host__ __device__); Box-Muller in double, rounded
+// once, so the draws are ref's (CUDA's double log, sin and cos are within 2 ulp of the true values).
+__global__ static void fill_normal_kernel(float *x, uint64_t seed, uint64_t stream, size_t n) {
+    CU_FOR(i, n) x[i] = msd_rng_normal(seed, stream, i);
+}
+void cu_fill_normal(float *x, uint64_t seed, uint64_t stream, size_t n) {
+    if (n) launch("fill_normal", fill_normal_kernel, grid_for(n), CU_THREADS, x, seed, stream, n);
 }
 void cu_sync(void) { CU_CHECK(cudaStreamSynchronize(stream())); }
 

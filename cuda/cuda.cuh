@@ -99,6 +99,7 @@ void cu_upload(float *dst, const float *host_src, size_t n);
 void cu_download(float *host_dst, const float *src, size_t n);
 void cu_copy(float *dst, const float *src, size_t n);
 void cu_fill(float *x, float value, size_t n);
+void cu_fill_normal(float *x, uint64_t seed, uint64_t stream, size_t n);
 void cu_sync(void);
 
 // conv.cu, linear.cu

@@ -18,6 +18,7 @@ void fast_upload(float *dst, const float *host_src, size_t n);
 void fast_download(float *host_dst, const float *src, size_t n);
 void fast_copy(float *dst, const float *src, size_t n);
 void fast_fill(float *x, float value, size_t n);
+void fast_fill_normal(float *x, uint64_t seed, uint64_t stream, size_t n);
 void fast_sync(void);
 
 // conv.c, linear.c, attention.c (declared in fast/gemm.h too, with the GEMM kernels they share)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../common/backend.h"
+#include "../common/rng.h"
 #include "../common/util.h"
 #include "ref.h"
 
@@ -19,6 +20,12 @@ void ref_download(float *host_dst, const float *src, size_t n) { memcpy(host_dst
 void ref_copy(float *dst, const float *src, size_t n) { memmove(dst, src, n * sizeof(float)); }
 void ref_fill(float *x, float value, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = value;
+}
+// The counter RNG is a pure function of (seed, stream, i), so every element is drawn independently.
+void ref_fill_normal(float *x, uint64_t seed, uint64_t stream, size_t n) {
+    // x: (n)
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) x[i] = msd_rng_normal(seed, stream, i);
 }
 void ref_sync(void) {}
 

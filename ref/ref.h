@@ -16,6 +16,7 @@ void ref_upload(float *dst, const float *host_src, size_t n);
 void ref_download(float *host_dst, const float *src, size_t n);
 void ref_copy(float *dst, const float *src, size_t n);
 void ref_fill(float *x, float value, size_t n);
+void ref_fill_normal(float *x, uint64_t seed, uint64_t stream, size_t n);
 void ref_sync(void);
 
 // conv.c

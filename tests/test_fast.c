@@ -575,6 +575,11 @@ START_TEST(table) {
     be->fill(d, -2.5f, n), be->download(back, d, n);
     for (size_t i = 0; i < n; i++) host[i] = -2.5f;
     match("fill", 900, false, back, host, NULL, n);
+    // fill_normal: ref's draws, bit for bit, at a seed and stream with both 32-bit halves in use
+    const uint64_t seed = 0x123456789abull, stream = ((uint64_t)7 << 40) | 5;
+    be->fill_normal(d, seed, stream, n), be->download(back, d, n);
+    ref_fill_normal(host, seed, stream, n);
+    match("fill_normal", seed, false, back, host, NULL, n);
     be->release(d), be->sync();
     done();
 }

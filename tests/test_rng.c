@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "../common/rng.h"
+#include "../ref/ref.h"
 #include "testutil.h"
 
 // Random123 kat_vectors, "philox4x32 10" lines: counter (4 words), key (2 words), expected (4 words).
@@ -96,6 +97,27 @@ START_TEST(normal_moments) {
 }
 END_TEST
 
+// The backend op fill_normal (ref's, the oracle of the others) draws element i from (seed, stream, i):
+// the whole 64-bit seed and stream reach the generator, and the first element is index 0.
+START_TEST(fill_normal_op) {
+    enum { N = 37 };
+    float x[N], y[N];
+    const uint64_t seed = 0xabcdef0123ull, stream = ((uint64_t)9 << 36) | 8;
+    ref_fill_normal(x, seed, stream, N);
+    int same = 0;
+    for (int i = 0; i < N; i++) same += x[i] == msd_rng_normal(seed, stream, (uint64_t)i);
+    ck_assert_int_eq(same, N);
+    ref_fill_normal(y, seed, stream ^ ((uint64_t)1 << 36), N); // the stream's high half changed
+    same = 0;
+    for (int i = 0; i < N; i++) same += x[i] == y[i];
+    ck_assert_int_lt(same, N);
+    ref_fill_normal(y, seed ^ ((uint64_t)1 << 35), stream, N); // the seed's high half changed
+    same = 0;
+    for (int i = 0; i < N; i++) same += x[i] == y[i];
+    ck_assert_int_lt(same, N);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("rng");
     TCase *tc = tcase_create("philox");
@@ -104,6 +126,7 @@ int main(void) {
     tcase_add_test(tc, draw_mapping);
     tcase_add_test(tc, uniform_moments);
     tcase_add_test(tc, normal_moments);
+    tcase_add_test(tc, fill_normal_op);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
