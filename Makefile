@@ -67,6 +67,8 @@ CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lpthread -lm)
 
 CFLAGS := $(CFLAGS_BASE) $(CFLAGS_EXTRA)
+# LDFLAGS_EXTRA: extra link flags (bench/device-check.sh points them at libraries unpacked by hand)
+LDFLAGS += $(LDFLAGS_EXTRA)
 
 # --- Sources -------------------------------------------------------------------------------------------
 LIB_SRCS := $(filter-out common/msdiff.c,$(wildcard common/*.c)) $(wildcard ref/*.c) $(wildcard fast/*.c)

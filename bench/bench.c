@@ -150,16 +150,20 @@ static double peak;
 static void report(const char *section, const char *backend, const char *what, int batch, struct timing t,
                    double flops, double bytes, double images) {
     const double gf = flops / t.med * 1e-9, gb = bytes / t.med * 1e-9, ips = images / t.med;
+    // the measured peak is the CPU's: a percentage of it means nothing for the GPU
+    const double pk = strcmp(backend, "cuda") == 0 ? 0.0 : peak;
     if (opt.csv) {
         printf("%s,%s,\"%s\",%d,%d,%.6g,%.6g,%.6g,%d,%.4g,%.4g,%.4g,%.4g\n", section, backend, what, batch,
                threads(), t.med * 1e3, t.lo * 1e3, t.hi * 1e3, t.reps, flops ? gf : NAN,
-               flops && peak > 0 ? 100.0 * gf / peak : NAN, bytes ? gb : NAN, images ? ips : NAN);
+               flops && pk > 0 ? 100.0 * gf / pk : NAN, bytes ? gb : NAN, images ? ips : NAN);
         fflush(stdout);
         return;
     }
     char rate[48] = "";
-    if (flops)
-        snprintf(rate, sizeof rate, "%7.1f GFLOP/s %5.1f%%", gf, peak > 0 ? 100.0 * gf / peak : 0.0);
+    if (flops && pk > 0)
+        snprintf(rate, sizeof rate, "%7.1f GFLOP/s %5.1f%%", gf, 100.0 * gf / pk);
+    else if (flops)
+        snprintf(rate, sizeof rate, "%7.1f GFLOP/s", gf);
     else if (bytes)
         snprintf(rate, sizeof rate, "%7.1f GB/s", gb);
     char img[32] = "";
@@ -570,6 +574,14 @@ int main(int argc, char **argv) {
            sysconf(_SC_NPROCESSORS_ONLN), threads(), threads() == 1 ? "" : "s", list, opt.batch, opt.ref_batch);
     printf("%smachine %s, load average %s; AVX2 FMA peak %.1f GFLOP/s (measured, %d threads, best of 7)\n", pfx, host,
            load, peak, threads());
+#ifdef MSD_HAVE_CUDA
+    for (int i = 0; i < nb; i++)
+        if (strcmp(bes[i]->name, "cuda") == 0) {
+            char dev[256];
+            msd_cuda_describe(dev, sizeof dev);
+            printf("%scuda: %s; timed by the host clock around a synchronised stream\n", pfx, dev);
+        }
+#endif
     if (opt.csv)
         printf("section,backend,what,batch,threads,ms,ms_min,ms_max,reps,gflops,pct_peak,gbytes_per_s,images_per_s\n");
 

@@ -220,6 +220,8 @@ extern const struct msd_backend msd_backend_fast;
 // the reason in `why`).
 extern const struct msd_backend msd_backend_cuda;
 int msd_cuda_probe(char *why, size_t len);
+// One line about the device for benchmark headers (name, SMs, memory, versions).
+void msd_cuda_describe(char *buf, size_t len);
 
 #ifdef __cplusplus
 }

@@ -170,21 +170,17 @@ static int sample_heun(struct run *r, float *x, const double *sigmas, int steps)
     const struct msd_backend *be = r->be;
     const struct msd_sample_opts *o = r->o;
     float *D = r->tmp[0], *d = r->tmp[1], *xn = r->tmp[2];
-    float *row = NULL; // host: one sample's churn noise, (M)
     for (int i = 0; i < steps; i++) {
         const double s = sigmas[i], s_next = sigmas[i + 1];
         const double gamma = (o->S_churn > 0 && o->S_min <= s && s <= o->S_max)
                                  ? fmin(o->S_churn / steps, sqrt(2.0) - 1.0) : 0.0;
         const double s_hat = s + gamma * s;
         if (gamma > 0) { // x_hat = x + sqrt(s_hat^2 - s^2) S_noise n, the noise staged in D
-            if (!row) row = xmalloc(r->M * sizeof *row);
-            for (int b = 0; b < r->N; b++) {
-                for (size_t j = 0; j < r->M; j++) row[j] = msd_rng_normal(o->seeds[b], MSD_STREAM_CHURN + (uint64_t)i, j);
-                be->upload(D + (size_t)b * r->M, row, r->M);
-            }
+            for (int b = 0; b < r->N; b++)
+                be->fill_normal(D + (size_t)b * r->M, o->seeds[b], MSD_STREAM_CHURN + (uint64_t)i, r->M);
             be->axpby(x, (float)(sqrt(s_hat * s_hat - s * s) * o->S_noise), D, 1.0f, r->n);
         }
-        if (noise_pred(r, d, x, s_hat)) goto fail; // d = (x_hat - D(x_hat; s_hat)) / s_hat
+        if (noise_pred(r, d, x, s_hat)) return -1; // d = (x_hat - D(x_hat; s_hat)) / s_hat
         const double dt = s_next - s_hat;
         if (s_next == 0) { // the last step to sigma = 0 stays Euler's (d' would divide by 0)
             be->axpby(x, (float)dt, d, 1.0f, r->n);
@@ -192,15 +188,11 @@ static int sample_heun(struct run *r, float *x, const double *sigmas, int steps)
         }
         be->copy(xn, x, r->n);
         be->axpby(xn, (float)dt, d, 1.0f, r->n);   // x_{i+1} = x_hat + dt d
-        if (noise_pred(r, D, xn, s_next)) goto fail; // D now holds d'
+        if (noise_pred(r, D, xn, s_next)) return -1; // D now holds d'
         be->axpby(x, (float)(0.5 * dt), d, 1.0f, r->n);
         be->axpby(x, (float)(0.5 * dt), D, 1.0f, r->n); // x_{i+1} = x_hat + dt (d + d') / 2
     }
-    free(row);
     return 0;
-fail:
-    free(row);
-    return -1;
 }
 
 // ===================================================================================================
@@ -364,10 +356,7 @@ int msd_sample(const struct msd_backend *be, int N, size_t M, float *x, const do
 
 void msd_sample_latent(const struct msd_backend *be, float *x, int N, size_t M, const uint64_t *seeds,
                        double sigma_max) {
-    float *row = xmalloc((M ? M : 1) * sizeof *row); // host: one sample, (M)
-    for (int n = 0; n < N; n++) {
-        for (size_t j = 0; j < M; j++) row[j] = (float)(sigma_max * msd_rng_normal(seeds[n], MSD_STREAM_LATENT, j));
-        be->upload(x + (size_t)n * M, row, M);
-    }
-    free(row);
+    // drawn where x lives; the product is rounded in float (exact for sigma_max = 80 and any power of 2)
+    for (int n = 0; n < N; n++) be->fill_normal(x + (size_t)n * M, seeds[n], MSD_STREAM_LATENT, M);
+    be->scale(x, x, (float)sigma_max, (size_t)N * M);
 }

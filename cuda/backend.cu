@@ -120,4 +120,19 @@ extern "C" int msd_cuda_probe(char *why, size_t len) {
     if (!state && why && len) snprintf(why, len, "%s", reason);
     return state;
 }
+
+// One line about device 0 for benchmark headers: name, multiprocessors, memory, driver and runtime.
+extern "C" void msd_cuda_describe(char *buf, size_t len) {
+    cudaDeviceProp prop;
+    int driver = 0, runtime = 0;
+    if (!msd_cuda_probe(NULL, 0) || cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
+        snprintf(buf, len, "no CUDA device");
+        return;
+    }
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    snprintf(buf, len, "%s, %d SMs, %.1f GiB, compute capability %d.%d, driver %d.%d, runtime %d.%d",
+             prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, prop.major, prop.minor,
+             driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
+}
 #endif

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# bench/device-check.sh: the CUDA backend's whole check on a GPU machine, in one run of under 8 minutes:
+#   1. build for sm_90 (unpacking the Debian packages of .device/debs when the machine lacks them);
+#   2. the CUDA conformance suites against ref (tests/test_cuda.c, tests/test_cuda_net.c);
+#   3. compute-sanitizer memcheck on the op suite at its small shapes (where the machine supports it);
+#   4. benchmarks: msdiff's training step (mini and cifar10, batch 128) and sampling forward (batch 512)
+#      next to PyTorch eager fp32 with TF32 off on the same GPU (bench/torch_compare.py), and msdiff's
+#      per-op timings at the mini shapes;
+#   5. torch_compare's check of `msdiff denoise --backend cuda` against PyTorch on every stage;
+# then prints a short table last. Logs go to $OUT (default /tmp/msd-device).
+#
+# Before a device run, on the development machine: bench/device-deps.sh (fetches the packages into
+# .device/debs), and carry .device with the run. Usage, from the repository root on the GPU machine:
+#     bench/device-check.sh            QUICK=1 bench/device-check.sh   (skips the benchmarks)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/msd-device}
+mkdir -p "$OUT"
+T0=$(date +%s)
+step() { echo "== [$(($(date +%s) - T0)) s] $*"; }
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+row() { printf '%-44s %s\n' "$1" "$2" >> "$SUMMARY"; }
+
+# Run a command with a time limit, its output in $OUT/<name>.log (and its tail on the console);
+# records PASS/FAIL/TIMEOUT in the summary.
+run_logged() {
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 4 "$OUT/$name.log"
+    case $rc in
+        0) if grep -q "skipped" "$OUT/$name.log"; then row "$name" "SKIPPED: $(grep -m1 skipped "$OUT/$name.log")"
+           else row "$name" "PASS ($(grep -m1 -o '[0-9]*%: Checks: [0-9]*, Failures: [0-9]*, Errors: [0-9]*' "$OUT/$name.log"))"; fi ;;
+        124) row "$name" "TIMEOUT after ${limit}s" ;;
+        *) row "$name" "FAIL (exit $rc; see $name.log)" ;;
+    esac
+    return $rc
+}
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+"$NVCC" --version | tail -n 1
+PY=$(command -v python3)
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tee "$OUT/torch.txt"
+row "GPU" "$(head -n 1 "$OUT/gpu.txt")"
+
+step "dependencies"
+make_vars=()
+if ! printf '#include <cjson/cJSON.h>\n#include <check.h>\n#include <png.h>\n#include <zlib.h>\n' |
+        cc -E -x c - > /dev/null 2>&1; then
+    if ! ls .device/debs/*.deb > /dev/null 2>&1; then
+        echo "device-check: this machine lacks cJSON/Check/libpng/zlib headers and no .device/debs was carried"
+        echo "              (run bench/device-deps.sh on the development machine and carry .device)"
+        exit 1
+    fi
+    D=/tmp/msd-deps
+    rm -rf "$D" && mkdir -p "$D"
+    for f in .device/debs/*.deb; do dpkg -x "$f" "$D"; done
+    LIB=$D/usr/lib/x86_64-linux-gnu
+    rm -f "$LIB/libz.so" # points at the Debian system's libz; the static libz.a beside it is used
+    make_vars=(CFLAGS_EXTRA="-I$D/usr/include" LDFLAGS_EXTRA="-L$LIB -Wl,-rpath,$LIB")
+    echo "unpacked $(ls .device/debs | wc -l) packages into $D"
+fi
+
+step "build (sm_90)"
+J=$(nproc)
+if ! make -j"$J" NVCC="$NVCC" "${make_vars[@]}" all build/tests/test_cuda build/tests/test_cuda_net \
+        build/bench/bench > "$OUT/build.log" 2>&1; then
+    tail -n 30 "$OUT/build.log"
+    row "build" "FAIL (see build.log)"
+    cat "$SUMMARY"
+    exit 1
+fi
+grep -q MSD_HAVE_CUDA "$OUT/build.log" && row "build" "ok (nvcc sm_90 + PTX)" || row "build" "built WITHOUT cuda/ (nvcc not used)"
+./msdiff backends | tee -a "$OUT/build.log"
+
+step "conformance: ops"
+run_logged test_cuda 240 build/tests/test_cuda
+step "conformance: network, training step, Heun"
+run_logged test_cuda_net 180 build/tests/test_cuda_net
+
+step "compute-sanitizer memcheck (op suite, small shapes)"
+if command -v compute-sanitizer > /dev/null; then
+    MSD_TEST_SMALL=1 run_logged memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
+        build/tests/test_cuda
+    grep -m1 "ERROR SUMMARY" "$OUT/memcheck.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+else
+    row "memcheck" "not run (no compute-sanitizer on this machine)"
+fi
+
+if [ "${QUICK:-0}" != 1 ]; then
+    step "msdiff benchmarks"
+    B="$OUT/bench.csv"
+    : > "$B"
+    for cfg in mini cifar10; do
+        timeout 120 build/bench/bench --backends cuda --only train --preset "$cfg" --batch 128 --csv >> "$B" 2>> "$OUT/bench.err"
+        timeout 90 build/bench/bench --backends cuda --only sample --preset "$cfg" --batch 512 --csv >> "$B" 2>> "$OUT/bench.err"
+    done
+    timeout 90 build/bench/bench --backends cuda --only ops --batch 128 > "$OUT/ops.txt" 2>> "$OUT/bench.err"
+    grep '^# cuda' "$B" | head -n 1
+    step "PyTorch eager fp32 (TF32 off) on the same GPU"
+    T="$OUT/torch.csv"
+    : > "$T"
+    for cfg in mini cifar10; do
+        for batch in 128 512; do
+            timeout 150 "$PY" bench/torch_compare.py bench --device cuda --config "$cfg" --batch "$batch" \
+                --reps 10 --warmup 3 --csv >> "$T" 2>> "$OUT/torch.err"
+        done
+    done
+    grep '^# torch' "$T" | head -n 1
+fi
+
+step "msdiff denoise --backend cuda against PyTorch (mini-ms, every stage)"
+timeout 120 "$PY" bench/torch_compare.py compare --backend cuda --device cuda > "$OUT/compare.log" 2>&1
+grep '^stage' "$OUT/compare.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+tail -n 2 "$OUT/compare.log"
+
+# ---------------------------------------------------------------------------------------------------
+# The table: images per second, msdiff cuda against PyTorch, and the issue's targets.
+if [ "${QUICK:-0}" != 1 ]; then
+    msd() { # section, preset, batch -> images/s of the first matching line
+        grep "^$1,cuda," "$OUT/bench.csv" | grep -F "$2" | awk -F, -v b="$3" '$(NF-9) == b {print $NF; exit}'
+    }
+    tch() { # what, config, batch -> images/s
+        awk -F, -v w="$1" -v c="$2" -v b="$3" '$1 == w && $2 == c && $3 == b {print $NF; exit}' "$OUT/torch.csv"
+    }
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "-" }'; }
+    {
+        echo
+        printf '%-34s %12s %12s %8s %s\n' "images/s" "msdiff cuda" "PyTorch" "ratio" "target"
+        for spec in "train mini 128 >=2x" "train cifar10 128 >=0.8x" "sample mini 512 reported" "sample cifar10 512 reported"; do
+            set -- $spec
+            if [ "$1" = train ]; then m=$(msd train "train step $2 (" "$3"); else m=$(msd sample "sampling forward $2 stage 0" "$3"); fi
+            t=$(tch "$1" "$2" "$3")
+            printf '%-34s %12s %12s %8s %s\n' "$1 $2 batch $3" "${m:--}" "${t:--}" "$(ratio "${m:-0}" "${t:-0}")" "$4"
+        done
+    } >> "$SUMMARY"
+fi
+step "done"
+echo
+echo "==================== device-check summary ===================="
+cat "$SUMMARY"
