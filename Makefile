@@ -46,7 +46,7 @@ endif
 ifeq ($(CUDA_ON),1)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   # sm_90 machine code plus PTX, which the driver compiles for newer GPUs. No --use_fast_math.
-  NVCCFLAGS := -O3 -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall -lineinfo
+  NVCCFLAGS := -O3 -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall -lineinfo -MMD -MP
   CFLAGS_BASE += -DMSD_HAVE_CUDA
   # the static runtime: the program needs only the driver (libcuda) on the machine that runs it
   LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++

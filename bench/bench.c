@@ -214,7 +214,7 @@ static void gn_fwd(void *p) {
 }
 static void gn_bwd(void *p) {
     struct opctx *c = p;
-    c->be->groupnorm_backward(c->dx, c->dw, c->db, c->dy, c->x, c->w, c->mean, c->rstd, c->N, c->C, c->H * c->W,
+    c->be->groupnorm_backward(c->dx, c->dw, c->db, c->dy, c->mean, c->rstd, c->x, c->w, c->N, c->C, c->H * c->W,
                               c->G);
 }
 static void silu_fwd(void *p) {

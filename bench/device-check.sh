@@ -16,6 +16,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/msd-device}
 mkdir -p "$OUT"
+export PATH="$PATH:/usr/local/cuda/bin"
 T0=$(date +%s)
 step() { echo "== [$(($(date +%s) - T0)) s] $*"; }
 SUMMARY="$OUT/summary.txt"
@@ -74,17 +75,41 @@ if ! make -j"$J" NVCC="$NVCC" "${make_vars[@]}" all build/tests/test_cuda build/
     cat "$SUMMARY"
     exit 1
 fi
-grep -q MSD_HAVE_CUDA "$OUT/build.log" && row "build" "ok (nvcc sm_90 + PTX)" || row "build" "built WITHOUT cuda/ (nvcc not used)"
+if nm build/libmsdiff.a 2> /dev/null | grep -q ' [DR] msd_backend_cuda$'; then row "build" "ok (cuda/ by nvcc: sm_90 + PTX)"
+else row "build" "built WITHOUT cuda/ (nvcc not found or NO_CUDA)"; fi
 ./msdiff backends | tee -a "$OUT/build.log"
 
 step "conformance: ops"
-run_logged test_cuda 240 build/tests/test_cuda
+run_logged test_cuda 120 build/tests/test_cuda
+
+# The benchmarks come before the longer checks, so that a run cut short still has them.
+if [ "${QUICK:-0}" != 1 ]; then
+    step "msdiff benchmarks"
+    B="$OUT/bench.csv"
+    : > "$B"
+    for cfg in mini cifar10; do
+        timeout 60 build/bench/bench --backends cuda --only train --preset "$cfg" --batch 128 --csv >> "$B" 2>> "$OUT/bench.err"
+        timeout 45 build/bench/bench --backends cuda --only sample --preset "$cfg" --batch 512 --csv >> "$B" 2>> "$OUT/bench.err"
+    done
+    grep '^# cuda' "$B" | head -n 1
+    step "PyTorch eager fp32 (TF32 off) on the same GPU"
+    T="$OUT/torch.csv"
+    : > "$T"
+    for cfg in mini cifar10; do
+        timeout 60 "$PY" bench/torch_compare.py bench --device cuda --config "$cfg" --batch 128 --only train \
+            --reps 10 --warmup 3 --csv >> "$T" 2>> "$OUT/torch.err"
+        timeout 45 "$PY" bench/torch_compare.py bench --device cuda --config "$cfg" --batch 512 --only sample \
+            --reps 10 --warmup 3 --csv >> "$T" 2>> "$OUT/torch.err"
+    done
+    grep '^# torch' "$T" | head -n 1
+fi
+
 step "conformance: network, training step, Heun"
-run_logged test_cuda_net 180 build/tests/test_cuda_net
+run_logged test_cuda_net 120 build/tests/test_cuda_net
 
 step "compute-sanitizer memcheck (op suite, small shapes)"
 if command -v compute-sanitizer > /dev/null; then
-    MSD_TEST_SMALL=1 run_logged memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    MSD_TEST_SMALL=1 run_logged memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 \
         build/tests/test_cuda
     grep -m1 "ERROR SUMMARY" "$OUT/memcheck.log" | sed 's/^/  /' | tee -a "$SUMMARY"
 else
@@ -92,29 +117,11 @@ else
 fi
 
 if [ "${QUICK:-0}" != 1 ]; then
-    step "msdiff benchmarks"
-    B="$OUT/bench.csv"
-    : > "$B"
-    for cfg in mini cifar10; do
-        timeout 120 build/bench/bench --backends cuda --only train --preset "$cfg" --batch 128 --csv >> "$B" 2>> "$OUT/bench.err"
-        timeout 90 build/bench/bench --backends cuda --only sample --preset "$cfg" --batch 512 --csv >> "$B" 2>> "$OUT/bench.err"
-    done
-    timeout 90 build/bench/bench --backends cuda --only ops --batch 128 > "$OUT/ops.txt" 2>> "$OUT/bench.err"
-    grep '^# cuda' "$B" | head -n 1
-    step "PyTorch eager fp32 (TF32 off) on the same GPU"
-    T="$OUT/torch.csv"
-    : > "$T"
-    for cfg in mini cifar10; do
-        for batch in 128 512; do
-            timeout 150 "$PY" bench/torch_compare.py bench --device cuda --config "$cfg" --batch "$batch" \
-                --reps 10 --warmup 3 --csv >> "$T" 2>> "$OUT/torch.err"
-        done
-    done
-    grep '^# torch' "$T" | head -n 1
+    timeout 40 build/bench/bench --backends cuda --only ops --batch 128 > "$OUT/ops.txt" 2>> "$OUT/bench.err"
 fi
 
 step "msdiff denoise --backend cuda against PyTorch (mini-ms, every stage)"
-timeout 120 "$PY" bench/torch_compare.py compare --backend cuda --device cuda > "$OUT/compare.log" 2>&1
+timeout 60 "$PY" bench/torch_compare.py compare --backend cuda --device cuda > "$OUT/compare.log" 2>&1
 grep '^stage' "$OUT/compare.log" | sed 's/^/  /' | tee -a "$SUMMARY"
 tail -n 2 "$OUT/compare.log"
 

@@ -580,13 +580,14 @@ def cmd_bench(args):
                 e.copy_(p.detach().lerp(e, beta))
         images[0] += B
 
-    t = timed(train_step, args.warmup, args.reps, device)
-    seen = ",".join(map(str, stages[args.warmup:])) if len(cfg["decoders"]) > 1 else ""
-    results.append(("train", t, f"stages {seen}" if seen else ""))
+    if args.only in (None, "train"):
+        t = timed(train_step, args.warmup, args.reps, device)
+        seen = ",".join(map(str, stages[args.warmup:])) if len(cfg["decoders"]) > 1 else ""
+        results.append(("train", t, f"stages {seen}" if seen else ""))
 
     # (2) sampling forward: D(x; sigma) without gradients, one sigma per stage
     net.eval()
-    for s in ([args.stage] if args.stage is not None else range(len(cfg["decoders"]))):
+    for s in ([args.stage] if args.stage is not None else range(len(cfg["decoders"]))) if args.only != "train" else []:
         sigma = sigma_inside(*stage_ranges(cfg)[s])
         x = torch.randn(B, C, R, R, device=device) * math.sqrt(sigma ** 2 + 0.25)
         sig = torch.full((B,), sigma, dtype=torch.float64)
@@ -732,6 +733,7 @@ def main():
     b.add_argument("--reps", type=positive, default=5, help="timed repetitions (default 5)")
     b.add_argument("--warmup", type=natural, default=2, help="untimed repetitions first (default 2)")
     b.add_argument("--stage", type=natural, help="train and sample this stage only (default: lognormal policy, every stage)")
+    b.add_argument("--only", choices=["train", "sample"], help="time only the training step or only sampling")
     b.add_argument("--csv", action="store_true",
                    help="print CSV lines: what,config,batch,threads,device,seconds,images_per_s")
     b.set_defaults(func=cmd_bench)

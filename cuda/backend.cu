@@ -4,11 +4,19 @@
 // stream and returns before it has run; download and sync wait for the queue. upload and download
 // copy through pageable host memory, so they are synchronous with respect to the host buffer.
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <algorithm>
 
 #include "../common/rng.h"
 #include "cuda.cuh"
 
 namespace MSD_CUDA_NS {
+
+// Uploads of at most this many floats go as a kernel argument (kernel arguments may take 4 KB).
+enum { SHORT_UPLOAD = 960 };
 
 static cudaStream_t the_stream; // created by msd_cuda_probe; the emulator ignores it
 cudaStream_t stream() { return the_stream; }
@@ -31,9 +39,25 @@ float *cu_alloc(size_t n) {
 void cu_release(float *p) {
     if (p) CU_CHECK(cudaFree(p));
 }
+// A short vector (the per-sample coefficients of a batch) travels as a kernel argument: the launch
+// copies it, so the upload is queued like any op and the host need not wait for the stream.
+struct short_vec {
+    float v[SHORT_UPLOAD];
+};
+__global__ static void upload_short_kernel(float *dst, short_vec src, int n) {
+    CU_FOR(i, (size_t)n) dst[i] = src.v[i];
+}
 void cu_upload(float *dst, const float *host_src, size_t n) {
+    if (n == 0) return;
+    if (n <= SHORT_UPLOAD) {
+        short_vec s;
+        memcpy(s.v, host_src, n * sizeof(float));
+        launch("upload_short", upload_short_kernel, 1, CU_THREADS, dst, s, (int)n);
+        return;
+    }
+    // from pageable memory: the copy is staged, and the host buffer may be reused once it returns
     CU_CHECK(cudaMemcpyAsync(dst, host_src, n * sizeof(float), cudaMemcpyHostToDevice, stream()));
-    CU_CHECK(cudaStreamSynchronize(stream())); // the host buffer may be reused at once
+    CU_CHECK(cudaStreamSynchronize(stream()));
 }
 void cu_download(float *host_dst, const float *src, size_t n) {
     CU_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream()));
@@ -59,6 +83,71 @@ void cu_fill_normal(float *x, uint64_t seed, uint64_t stream, size_t n) {
     if (n) launch("fill_normal", fill_normal_kernel, grid_for(n), CU_THREADS, x, seed, stream, n);
 }
 void cu_sync(void) { CU_CHECK(cudaStreamSynchronize(stream())); }
+
+// ---------------------------------------------------------------------------------------------------
+// The launch profiler (MSD_CUDA_PROFILE=1): an event before and after every kernel; the pairs are
+// read back in batches, summed per kernel name, and printed at exit with the wall time since the
+// first launch, so that the time between kernels (launch overhead, host work, syncs) shows too.
+bool profiling;
+#ifndef MSD_CUDA_EMU
+enum { PROF_BATCH = 4096, PROF_NAMES = 256 };
+static struct prof_pair { const char *name; cudaEvent_t a, b; } prof_pairs[PROF_BATCH];
+static int prof_n, prof_events_made;
+static struct prof_total { const char *name; double ms; long count; } prof_totals[PROF_NAMES];
+static int prof_names;
+static double prof_t0 = -1;
+
+static double wall_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+static void profile_flush(void) {
+    for (int i = 0; i < prof_n; i++) {
+        float ms = 0;
+        CU_CHECK(cudaEventSynchronize(prof_pairs[i].b));
+        CU_CHECK(cudaEventElapsedTime(&ms, prof_pairs[i].a, prof_pairs[i].b));
+        int k = 0;
+        while (k < prof_names && strcmp(prof_totals[k].name, prof_pairs[i].name) != 0) k++;
+        if (k == prof_names && prof_names < PROF_NAMES) prof_totals[prof_names++] = {prof_pairs[i].name, 0, 0};
+        if (k < PROF_NAMES) prof_totals[k].ms += ms, prof_totals[k].count++;
+    }
+    prof_n = 0;
+}
+static void profile_report(void) {
+    profile_flush();
+    const double wall = wall_ms() - prof_t0;
+    double gpu = 0;
+    for (int k = 0; k < prof_names; k++) gpu += prof_totals[k].ms;
+    std::sort(prof_totals, prof_totals + prof_names,
+              [](const prof_total &x, const prof_total &y) { return x.ms > y.ms; });
+    fprintf(stderr, "\ncuda profile: %.1f ms of kernels in %.1f ms since the first launch (%.0f%%)\n", gpu, wall,
+            100.0 * gpu / wall);
+    fprintf(stderr, "%-28s %10s %8s %10s %6s\n", "kernel", "total ms", "count", "mean us", "share");
+    for (int k = 0; k < prof_names; k++)
+        fprintf(stderr, "%-28s %10.2f %8ld %10.2f %5.1f%%\n", prof_totals[k].name, prof_totals[k].ms,
+                prof_totals[k].count, 1e3 * prof_totals[k].ms / prof_totals[k].count, 100.0 * prof_totals[k].ms / gpu);
+}
+void profile_begin(const char *name) {
+    if (prof_t0 < 0) {
+        prof_t0 = wall_ms();
+        atexit(profile_report);
+    }
+    if (prof_n == PROF_BATCH) profile_flush();
+    prof_pair &p = prof_pairs[prof_n];
+    if (prof_n >= prof_events_made) {
+        CU_CHECK(cudaEventCreate(&p.a));
+        CU_CHECK(cudaEventCreate(&p.b));
+        prof_events_made++;
+    }
+    p.name = name;
+    CU_CHECK(cudaEventRecord(p.a, stream()));
+}
+void profile_end(void) { CU_CHECK(cudaEventRecord(prof_pairs[prof_n++].b, stream())); }
+#else
+void profile_begin(const char *) {}
+void profile_end(void) {}
+#endif
 
 // The backend's one scratch buffer (cuda.cuh). Growing it frees the old one, which waits for the
 // queued work that may still read it (cudaFree synchronizes).
@@ -115,6 +204,8 @@ extern "C" int msd_cuda_probe(char *why, size_t len) {
             state = 0;
         } else {
             state = 1;
+            const char *p = getenv("MSD_CUDA_PROFILE");
+            profiling = p && strcmp(p, "0") != 0;
         }
     }
     if (!state && why && len) snprintf(why, len, "%s", reason);

@@ -47,14 +47,21 @@ float *cu_scratch(size_t n);
 
 // Launch `kernel` on grid x block threads on the backend's stream and check the launch. `name` is for
 // messages. The arguments are converted to the kernel's parameter types here, as <<<>>> would.
+// With MSD_CUDA_PROFILE=1 in the environment, every launch is timed by a pair of events and the
+// program prints, at exit, the GPU time per kernel name and the share of the wall time they fill.
+extern bool profiling;
+void profile_begin(const char *name);
+void profile_end(void);
+
 template <typename... P, typename... A>
 static inline void launch(const char *name, void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
 #ifdef MSD_CUDA_EMU
     emu_launch(name, grid, block, [&] { kernel(P(args)...); });
 #else
-    (void)name;
+    if (profiling) profile_begin(name);
     kernel<<<grid, block, 0, stream()>>>(P(args)...);
     check_at(cudaGetLastError(), name, __FILE__, __LINE__);
+    if (profiling) profile_end();
 #endif
 }
 
@@ -71,23 +78,36 @@ static inline unsigned grid_for(size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
          i += (size_t)gridDim.x * blockDim.x)
 
-// Sum of v over the threads of a one-dimensional block whose size is a power of two <= 1024, by a
+// Reductions over the threads of a one-dimensional block whose size is a power of two <= 1024, by a
 // tree in shared memory: the same order on every run, so results are reproducible. Every thread of
-// the block must call it; every thread gets the sum.
-template <typename T>
-__device__ static inline T block_sum(T v) {
+// the block must call them; every thread gets the result. block_max and block_min skip NaN (fmax and
+// fmin return the other operand), as ref's loops do.
+struct cu_sum_op {
+    template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct cu_max_op {
+    template <typename T> __device__ T operator()(T a, T b) const { return a != a ? b : b != b ? a : a > b ? a : b; }
+};
+struct cu_min_op {
+    template <typename T> __device__ T operator()(T a, T b) const { return a != a ? b : b != b ? a : a < b ? a : b; }
+};
+template <typename T, typename Op>
+__device__ static inline T block_reduce(T v, Op op) {
     __shared__ T part[1024];
     const unsigned t = threadIdx.x;
     part[t] = v;
     __syncthreads();
     for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
-        if (t < half) part[t] += part[t + half];
+        if (t < half) part[t] = op(part[t], part[t + half]);
         __syncthreads();
     }
-    T sum = part[0];
-    __syncthreads(); // nobody may write part[] again until everyone has read the sum
-    return sum;
+    T r = part[0];
+    __syncthreads(); // nobody may write part[] again until everyone has read the result
+    return r;
 }
+template <typename T> __device__ static inline T block_sum(T v) { return block_reduce(v, cu_sum_op()); }
+template <typename T> __device__ static inline T block_max(T v) { return block_reduce(v, cu_max_op()); }
+template <typename T> __device__ static inline T block_min(T v) { return block_reduce(v, cu_min_op()); }
 
 // ---------------------------------------------------------------------------------------------------
 // The ops (documented once, in common/backend.h).

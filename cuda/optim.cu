@@ -2,7 +2,7 @@
 //
 // What differs from ref/optim.c: nothing in Adam, EMA and nan_to_num (the float products and sums
 // are rounded one by one with __fmul_rn/__fadd_rn, as ref rounds them, so no fused multiply-add
-// changes a bit). sumsq sums in double in block_sum's tree order, by one block.
+// changes a bit). sumsq sums in double, in a fixed order of its own (strided per thread, then trees).
 #include <float.h>
 
 #include "cuda.cuh"
@@ -50,15 +50,25 @@ void cu_nan_to_num(float *x, float nan, float posinf, float neginf, size_t n) {
     if (n) launch("nan_to_num", nan_to_num_kernel, grid_for(n), CU_THREADS, x, nan, posinf, neginf, n);
 }
 
-// One block of 1024 threads strides over x; the partial sums meet in block_sum.
-__global__ static void sumsq_kernel(float *out, const float *x, size_t n) {
+// Two launches: blocks stride over x (grid-stride) and leave one partial each in scratch, then one
+// block adds the partials. The grid depends on n alone, so the order of the sums is fixed.
+__global__ static void sumsq_part_kernel(double *part, const float *x, size_t n) {
     double acc = 0.0;
-    for (size_t i = threadIdx.x; i < n; i += blockDim.x) acc += (double)x[i] * x[i];
+    CU_FOR(i, n) acc += (double)x[i] * x[i];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+__global__ static void sumsq_finish_kernel(float *out, const double *part, unsigned parts) {
+    double acc = 0.0;
+    for (unsigned i = threadIdx.x; i < parts; i += blockDim.x) acc += part[i];
     acc = block_sum(acc);
     if (threadIdx.x == 0) out[0] = (float)acc;
 }
 void cu_sumsq(float *out, const float *x, size_t n) {
-    launch("sumsq", sumsq_kernel, 1, 1024, out, x, n);
+    const unsigned g = grid_for((n + 7) / 8), parts = g < 1024 ? g : 1024; // >= 8 terms a thread
+    double *part = (double *)cu_scratch(2 * (size_t)parts);
+    launch("sumsq", sumsq_part_kernel, parts, CU_THREADS, part, x, n);
+    launch("sumsq_finish", sumsq_finish_kernel, 1, 1024, out, part, parts);
 }
 
 } // namespace MSD_CUDA_NS
