@@ -32,7 +32,9 @@ struct msd_backend {
 
     // ---------------------------------------------------------------------------------------------
     // Memory. n counts floats. upload/download move between host and backend memory; copy and fill
-    // stay in backend memory. sync waits for queued work (a no-op on the CPU).
+    // stay in backend memory (copy's ranges are the same or do not overlap: cuda's device copy
+    // does not promise memmove's order). sync waits for queued work (a no-op on the CPU); download
+    // waits for the work that writes what it reads.
     float *(*alloc)(size_t n);
     void (*release)(float *p);
     void (*upload)(float *dst, const float *host_src, size_t n);
@@ -45,7 +47,9 @@ struct msd_backend {
     void (*sync)(void);
 
     // ---------------------------------------------------------------------------------------------
-    // conv2d: stride 1, "same" zero padding (K/2), K = 1 or 3.
+    // conv2d: stride 1, "same" zero padding (K/2), K = 1 or 3. ref skips the taps that fall in the
+    // padding; fast and cuda multiply them by zero as a GEMM does (and as PyTorch does), so a NaN or
+    // Inf weight, or an Inf in dy, reaches outputs through the padding there and not in ref.
     // y: (N, OC, H, W)  x: (N, C, H, W)  w: (OC, C, K, K)  b: (OC) or NULL
     void (*conv2d_forward)(float *y, const float *x, const float *w, const float *b, int N, int C,
                            int H, int W, int OC, int K);

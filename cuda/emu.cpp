@@ -10,6 +10,7 @@
 #include <vector>
 
 #ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
 #else
@@ -21,16 +22,40 @@ dim3 blockDim, gridDim;
 
 namespace {
 
-const size_t STACK_BYTES = 256 * 1024; // per thread; kernels keep small register tiles on it
+const size_t STACK_BYTES = 64 * 1024; // per thread; kernels keep small register tiles on it
+
+// ---------------------------------------------------------------------------------------------------
+// Switching stacks. glibc's swapcontext saves the signal mask with a system call on every switch,
+// which made the emulator spend most of its time switching; on x86-64 a switch here is six pushes,
+// a stack-pointer swap and six pops (the callee-saved registers; the compiler saves the rest around
+// the call). Elsewhere, ucontext.
+#if defined(__x86_64__)
+#define EMU_FAST_SWITCH 1
+typedef void *context; // the saved stack pointer
+extern "C" void emu_switch(context *save, context to);
+asm(".text\n"
+    ".globl emu_switch\n"
+    ".type emu_switch, @function\n"
+    "emu_switch:\n"
+    "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n    pushq %r13\n    pushq %r14\n    pushq %r15\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    popq %r15\n    popq %r14\n    popq %r13\n    popq %r12\n    popq %rbx\n    popq %rbp\n"
+    "    ret\n"
+    ".size emu_switch, .-emu_switch\n");
+#else
+#define EMU_FAST_SWITCH 0
+typedef ucontext_t context;
+#endif
 
 struct fiber {
-    ucontext_t ctx;
+    context ctx;
     char *stack;
     bool done;
 };
 
 std::vector<fiber> fibers;                  // one per thread of the running block
-ucontext_t scheduler;                       // where a fiber returns at a barrier or at its end
+context scheduler;                          // where a fiber returns at a barrier or at its end
 unsigned current;                           // the running thread's flat index
 const std::function<void()> *kernel_body;   // what every thread runs
 const char *kernel_name;
@@ -47,17 +72,26 @@ void die(const char *what) {
     abort();
 }
 
+void switch_to(context *save, context *to) {
+#if EMU_FAST_SWITCH
+    emu_switch(save, *to);
+#else
+    swapcontext(save, to);
+#endif
+}
+
 void enter_fiber(unsigned t) {
 #if EMU_ASAN
     void *fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, fibers[t].stack, STACK_BYTES);
 #endif
-    swapcontext(&scheduler, &fibers[t].ctx);
+    switch_to(&scheduler, &fibers[t].ctx);
 #if EMU_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
 }
 
+// A thread's whole life: the kernel body, then back to the scheduler for good.
 void fiber_main() {
 #if EMU_ASAN
     __sanitizer_finish_switch_fiber(nullptr, &sched_bottom, &sched_size);
@@ -67,7 +101,34 @@ void fiber_main() {
 #if EMU_ASAN
     __sanitizer_start_switch_fiber(nullptr, sched_bottom, sched_size); // this fiber ends
 #endif
-    // returning follows uc_link back to the scheduler
+    context dead;
+    switch_to(&dead, &scheduler); // never resumed
+    abort();
+}
+
+// Make fiber f start at fiber_main when it is first switched to.
+void fiber_init(fiber &f) {
+    f.done = false;
+#if EMU_ASAN
+    // the frames that the stack's last thread abandoned at its end still carry their redzones
+    __asan_unpoison_memory_region(f.stack, STACK_BYTES);
+#endif
+#if EMU_FAST_SWITCH
+    // emu_switch pops six registers and returns: below the top, a return address for fiber_main
+    // (never used) and fiber_main's address, then six zeros; the stack pointer at fiber_main's entry
+    // is then 8 modulo 16, as after a call.
+    void **top = (void **)(f.stack + STACK_BYTES);
+    top[-1] = nullptr;
+    top[-2] = (void *)fiber_main;
+    for (int r = 3; r <= 8; r++) top[-r] = nullptr;
+    f.ctx = (void *)(top - 8);
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = STACK_BYTES;
+    f.ctx.uc_link = &scheduler;
+    makecontext(&f.ctx, fiber_main, 0);
+#endif
 }
 
 void set_thread(unsigned t) {
@@ -85,7 +146,7 @@ void __syncthreads() {
     void *fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, sched_bottom, sched_size);
 #endif
-    swapcontext(&fibers[current].ctx, &scheduler);
+    switch_to(&fibers[current].ctx, &scheduler);
 #if EMU_ASAN
     __sanitizer_finish_switch_fiber(fake, &sched_bottom, &sched_size);
 #endif
@@ -110,7 +171,7 @@ void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<voi
     while (fibers.size() < n) {
         void *s = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (s == MAP_FAILED) die("out of memory for thread stacks");
-        fibers.push_back(fiber{ucontext_t{}, (char *)s, false});
+        fibers.push_back(fiber{context{}, (char *)s, false});
     }
     kernel_body = &body;
     gridDim = grid;
@@ -119,15 +180,7 @@ void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<voi
         for (unsigned by = 0; by < grid.y; by++)
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
-                for (unsigned t = 0; t < n; t++) {
-                    fiber &f = fibers[t];
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack;
-                    f.ctx.uc_stack.ss_size = STACK_BYTES;
-                    f.ctx.uc_link = &scheduler;
-                    f.done = false;
-                    makecontext(&f.ctx, fiber_main, 0);
-                }
+                for (unsigned t = 0; t < n; t++) fiber_init(fibers[t]);
                 // Phases: every live thread runs to its next barrier or its end. A phase where some
                 // threads wait at a barrier and others ended is a divergent barrier.
                 for (;;) {

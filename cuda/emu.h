@@ -7,7 +7,7 @@
 //     tests (tests/test_cuda.c runs the same conformance suite on both).
 //
 // How a launch runs here: blocks one after another; inside a block every thread is a fiber
-// (ucontext) on one OS thread. A thread runs until it reaches __syncthreads() or a warp shuffle, then
+// (its own stack) on one OS thread. A thread runs until it reaches __syncthreads() or a warp shuffle, then
 // the next thread runs; when all threads have arrived, they all go on. So:
 //   - __shared__ is `static`: one copy, shared by the threads of the block that is running, which is
 //     exactly CUDA's scope because only one block runs at a time.
