@@ -56,7 +56,9 @@ endif
 # --- The CUDA emulator: the same cuda/*.cu compiled as C++ for the CPU (cuda/emu.h), on every machine,
 # so that tests/test_cuda.c runs the CUDA kernels' logic here as well as on a device.
 CXX ?= g++
-CUEMU_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -DMSD_CUDA_EMU -MMD -MP -x c++
+# (no fused multiply-add: the emulator rounds every product and sum, which the tests' bit-for-bit checks
+# against ref rely on, whatever the compiler's default)
+CUEMU_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -ffp-contract=off -DMSD_CUDA_EMU -MMD -MP -x c++
 ifeq ($(SANITIZE),1)
   CUEMU_CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif

@@ -2,7 +2,7 @@
 # bench/device-check.sh: the CUDA backend's whole check on a GPU machine, in one run of under 8 minutes:
 #   1. build for sm_90 (unpacking the Debian packages of .device/debs when the machine lacks them);
 #   2. the CUDA conformance suites against ref (tests/test_cuda.c, tests/test_cuda_net.c);
-#   3. compute-sanitizer memcheck on the op suite at its small shapes (where the machine supports it);
+#   3. compute-sanitizer's memcheck, racecheck and synccheck on the op suite at its small shapes;
 #   4. benchmarks: msdiff's training step (mini and cifar10, batch 128) and sampling forward (batch 512)
 #      next to PyTorch eager fp32 with TF32 off on the same GPU (bench/torch_compare.py), and msdiff's
 #      per-op timings at the mini shapes;
@@ -22,9 +22,12 @@ step() { echo "== [$(($(date +%s) - T0)) s] $*"; }
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 row() { printf '%-44s %s\n' "$1" "$2" >> "$SUMMARY"; }
+FAILED=0 # checks that failed, timed out or did not happen; the exit status is 1 when any did
+fail() { row "$1" "$2"; FAILED=$((FAILED + 1)); }
 
 # Run a command with a time limit, its output in $OUT/<name>.log (and its tail on the console);
-# records PASS/FAIL/TIMEOUT in the summary.
+# records PASS/FAIL/TIMEOUT in the summary. A suite that skips (no device) counts as a failure here:
+# on a GPU machine it means the check did not happen.
 run_logged() {
     local name=$1 limit=$2
     shift 2
@@ -32,10 +35,10 @@ run_logged() {
     local rc=$?
     tail -n 4 "$OUT/$name.log"
     case $rc in
-        0) if grep -q "skipped" "$OUT/$name.log"; then row "$name" "SKIPPED: $(grep -m1 skipped "$OUT/$name.log")"
+        0) if grep -q "skipped" "$OUT/$name.log"; then fail "$name" "SKIPPED: $(grep -m1 skipped "$OUT/$name.log")"
            else row "$name" "PASS ($(grep -m1 -o '[0-9]*%: Checks: [0-9]*, Failures: [0-9]*, Errors: [0-9]*' "$OUT/$name.log"))"; fi ;;
-        124) row "$name" "TIMEOUT after ${limit}s" ;;
-        *) row "$name" "FAIL (exit $rc; see $name.log)" ;;
+        124) fail "$name" "TIMEOUT after ${limit}s" ;;
+        *) fail "$name" "FAIL (exit $rc; see $name.log)" ;;
     esac
     return $rc
 }
@@ -44,7 +47,7 @@ step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 "$NVCC" --version | tail -n 1
-PY=$(command -v python3)
+PY=$(command -v python3 || echo python3-not-found)
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tee "$OUT/torch.txt"
 row "GPU" "$(head -n 1 "$OUT/gpu.txt")"
 
@@ -76,7 +79,7 @@ if ! make -j"$J" NVCC="$NVCC" "${make_vars[@]}" all build/tests/test_cuda build/
     exit 1
 fi
 if nm build/libmsdiff.a 2> /dev/null | grep -q ' [DR] msd_backend_cuda$'; then row "build" "ok (cuda/ by nvcc: sm_90 + PTX)"
-else row "build" "built WITHOUT cuda/ (nvcc not found or NO_CUDA)"; fi
+else fail "build" "built WITHOUT cuda/ (nvcc not found or NO_CUDA)"; fi
 ./msdiff backends | tee -a "$OUT/build.log"
 
 step "conformance: ops"
@@ -88,8 +91,10 @@ if [ "${QUICK:-0}" != 1 ]; then
     B="$OUT/bench.csv"
     : > "$B"
     for cfg in mini cifar10; do
-        timeout 60 build/bench/bench --backends cuda --only train --preset "$cfg" --batch 128 --csv >> "$B" 2>> "$OUT/bench.err"
-        timeout 45 build/bench/bench --backends cuda --only sample --preset "$cfg" --batch 512 --csv >> "$B" 2>> "$OUT/bench.err"
+        timeout 60 build/bench/bench --backends cuda --only train --preset "$cfg" --batch 128 --csv >> "$B" \
+            2>> "$OUT/bench.err" || fail "bench train $cfg" "FAIL (exit $?; see bench.err)"
+        timeout 45 build/bench/bench --backends cuda --only sample --preset "$cfg" --batch 512 --csv >> "$B" \
+            2>> "$OUT/bench.err" || fail "bench sample $cfg" "FAIL (exit $?; see bench.err)"
     done
     grep '^# cuda' "$B" | head -n 1
     step "PyTorch eager fp32 (TF32 off) on the same GPU"
@@ -97,9 +102,9 @@ if [ "${QUICK:-0}" != 1 ]; then
     : > "$T"
     for cfg in mini cifar10; do
         timeout 60 "$PY" bench/torch_compare.py bench --device cuda --config "$cfg" --batch 128 --only train \
-            --reps 10 --warmup 3 --csv >> "$T" 2>> "$OUT/torch.err"
+            --reps 10 --warmup 3 --csv >> "$T" 2>> "$OUT/torch.err" || fail "PyTorch train $cfg" "FAIL (exit $?; see torch.err)"
         timeout 45 "$PY" bench/torch_compare.py bench --device cuda --config "$cfg" --batch 512 --only sample \
-            --reps 10 --warmup 3 --csv >> "$T" 2>> "$OUT/torch.err"
+            --reps 10 --warmup 3 --csv >> "$T" 2>> "$OUT/torch.err" || fail "PyTorch sample $cfg" "FAIL (exit $?; see torch.err)"
     done
     grep '^# torch' "$T" | head -n 1
 fi
@@ -107,21 +112,25 @@ fi
 step "conformance: network, training step, Heun"
 run_logged test_cuda_net 120 build/tests/test_cuda_net
 
-step "compute-sanitizer memcheck (op suite, small shapes)"
+step "compute-sanitizer: memcheck, racecheck, synccheck (op suite, small shapes)"
 if command -v compute-sanitizer > /dev/null; then
-    MSD_TEST_SMALL=1 run_logged memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 \
-        build/tests/test_cuda
-    grep -m1 "ERROR SUMMARY" "$OUT/memcheck.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+    for tool in memcheck racecheck synccheck; do
+        MSD_TEST_SMALL=1 run_logged "$tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+            build/tests/test_cuda
+        grep -m1 "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT/$tool.log" | sed "s/^/  $tool: /" | tee -a "$SUMMARY"
+    done
 else
-    row "memcheck" "not run (no compute-sanitizer on this machine)"
+    fail "compute-sanitizer" "not run (no compute-sanitizer on this machine)"
 fi
 
 if [ "${QUICK:-0}" != 1 ]; then
-    timeout 40 build/bench/bench --backends cuda --only ops --batch 128 > "$OUT/ops.txt" 2>> "$OUT/bench.err"
+    timeout 40 build/bench/bench --backends cuda --only ops --batch 128 > "$OUT/ops.txt" 2>> "$OUT/bench.err" ||
+        fail "bench ops" "FAIL (exit $?; see bench.err)"
 fi
 
 step "msdiff denoise --backend cuda against PyTorch (mini-ms, every stage)"
-timeout 60 "$PY" bench/torch_compare.py compare --backend cuda --device cuda > "$OUT/compare.log" 2>&1
+timeout 60 "$PY" bench/torch_compare.py compare --backend cuda --device cuda > "$OUT/compare.log" 2>&1 ||
+    fail "torch_compare compare" "FAIL (exit $?; see compare.log)"
 grep '^stage' "$OUT/compare.log" | sed 's/^/  /' | tee -a "$SUMMARY"
 tail -n 2 "$OUT/compare.log"
 
@@ -150,3 +159,5 @@ step "done"
 echo
 echo "==================== device-check summary ===================="
 cat "$SUMMARY"
+echo "device-check: $FAILED check(s) failed, timed out or did not run"
+[ "$FAILED" -eq 0 ]

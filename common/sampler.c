@@ -356,7 +356,8 @@ int msd_sample(const struct msd_backend *be, int N, size_t M, float *x, const do
 
 void msd_sample_latent(const struct msd_backend *be, float *x, int N, size_t M, const uint64_t *seeds,
                        double sigma_max) {
-    // drawn where x lives; the product is rounded in float (exact for sigma_max = 80 and any power of 2)
+    // drawn where x lives; the float product equals the double product rounded once whenever
+    // sigma_max is a float (80, the default, is)
     for (int n = 0; n < N; n++) be->fill_normal(x + (size_t)n * M, seeds[n], MSD_STREAM_LATENT, M);
     be->scale(x, x, (float)sigma_max, (size_t)N * M);
 }

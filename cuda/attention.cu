@@ -133,11 +133,6 @@ __global__ static void softmax_backward_rows_kernel(float *dl, const float *w, i
     for (int j = threadIdx.x; j < HW; j += blockDim.x) d[j] = (float)(wr[j] * (d[j] - r));
 }
 
-static unsigned row_threads(int HW) {
-    unsigned t = 32;
-    while (t < 256 && t < (unsigned)HW) t *= 2;
-    return t;
-}
 
 // ---------------------------------------------------------------------------------------------------
 // The op
@@ -152,7 +147,7 @@ void cu_attention_forward(float *a, float *w, const float *qkv, int N, int C, in
     // w[i, j] = s sum_c q[c, i] k[c, j]: A(i, c) = q[c ld + i], B(c, j) = k[c ld + j]
     bgemm<false, false>("attention_logits", w, nw, HW, q, nq, ld, k, nq, ld, HW, HW, C, s, N);
     CHECK((size_t)N * HW <= 0x7fffffff, "attention: %d x %d rows exceed one grid", N, HW);
-    launch("attention_softmax", softmax_rows_kernel, (unsigned)(N * HW), row_threads(HW), w, HW);
+    launch("attention_softmax", softmax_rows_kernel, (unsigned)(N * HW), reduce_threads((size_t)HW), w, HW);
     // a[c, i] = sum_j v[c, j] w[i, j]: A(c, j) = v[c ld + j], B(j, i) = w[i HW + j]
     bgemm<true, true>("attention_av", a, na, HW, v, nq, ld, w, nw, HW, C, HW, HW, 1.0, N);
 }
@@ -174,7 +169,7 @@ void cu_attention_backward(float *dqkv, const float *da, const float *w, const f
     bgemm<false, false>("attention_dw", dl, nw, HW, da, na, HW, v, nq, ld, HW, HW, C, 1.0, N);
     // dl = w * (dW - rowsum(w * dW))
     CHECK((size_t)N * HW <= 0x7fffffff, "attention: %d x %d rows exceed one grid", N, HW);
-    launch("attention_softmax_backward", softmax_backward_rows_kernel, (unsigned)(N * HW), row_threads(HW),
+    launch("attention_softmax_backward", softmax_backward_rows_kernel, (unsigned)(N * HW), reduce_threads((size_t)HW),
            dl, w, HW);
     // dq[c, i] = s sum_j k[c, j] dl[i, j]: A(c, j) = k[c ld + j], B(j, i) = dl[i HW + j]
     bgemm<true, true>("attention_dq", dq, nq, ld, k, nq, ld, dl, nw, HW, C, HW, HW, s, N);

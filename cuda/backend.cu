@@ -75,7 +75,8 @@ void cu_fill(float *x, float value, size_t n) {
     if (n) launch("fill", fill_kernel, grid_for(n), CU_THREADS, x, value, n);
 }
 // The same counter RNG as ref (common/rng.h is __host__ __device__); Box-Muller in double, rounded
-// once, so the draws are ref's (CUDA's double log, sin and cos are within 2 ulp of the true values).
+// once, so the draws are ref's, up to a rare one-ulp difference where CUDA's double log, sin or cos
+// (within 2 ulp of the true values) put the double result on the other side of a float rounding.
 __global__ static void fill_normal_kernel(float *x, uint64_t seed, uint64_t stream, size_t n) {
     CU_FOR(i, n) x[i] = msd_rng_normal(seed, stream, i);
 }
@@ -149,12 +150,13 @@ void profile_begin(const char *) {}
 void profile_end(void) {}
 #endif
 
-// The backend's one scratch buffer (cuda.cuh). Growing it frees the old one, which waits for the
-// queued work that may still read it (cudaFree synchronizes).
+// The backend's one scratch buffer (cuda.cuh). Growing it waits for the queued work that may still
+// read the old one, then frees it.
 static float *scratch_buf;
 static size_t scratch_n;
 float *cu_scratch(size_t n) {
     if (n > scratch_n) {
+        CU_CHECK(cudaStreamSynchronize(stream())); // queued work may still read the old buffer
         if (scratch_buf) CU_CHECK(cudaFree(scratch_buf));
         scratch_buf = NULL;
         void *p = NULL;
@@ -177,8 +179,8 @@ extern "C" const struct msd_backend msd_backend_cuda_emu = {"cuda-emu", MSD_BACK
 #else
 extern "C" const struct msd_backend msd_backend_cuda = {"cuda", MSD_BACKEND_OPS(CU_OP)};
 
-// Whether this machine can run the backend: a CUDA device of compute capability 7.0 or newer, which
-// then gets the backend's stream. On failure, writes why into `why` and returns 0. The answer is
+// Whether this machine can run the backend: a CUDA device that can run this build's kernels (sm_90
+// code, compute_90 PTX: Hopper or newer), which then gets the backend's stream. On failure, writes why into `why` and returns 0. The answer is
 // computed once.
 extern "C" int msd_cuda_probe(char *why, size_t len) {
     static int state = -1; // -1 not yet asked, 0 unavailable, 1 ready
@@ -187,6 +189,7 @@ extern "C" int msd_cuda_probe(char *why, size_t len) {
         int count = 0;
         cudaError_t err = cudaGetDeviceCount(&count);
         cudaDeviceProp prop;
+        cudaFuncAttributes fa;
         if (err != cudaSuccess) {
             snprintf(reason, sizeof reason, "no usable CUDA device (%s)", cudaGetErrorString(err));
             cudaGetLastError();
@@ -194,9 +197,16 @@ extern "C" int msd_cuda_probe(char *why, size_t len) {
         } else if (count == 0) {
             snprintf(reason, sizeof reason, "no CUDA device on this machine");
             state = 0;
-        } else if ((err = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess || prop.major < 7) {
-            snprintf(reason, sizeof reason, "device 0 (%.200s) has compute capability %d.%d; cuda/ needs 7.0 or newer",
-                     err == cudaSuccess ? prop.name : "unknown", prop.major, prop.minor);
+        } else if ((err = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) {
+            snprintf(reason, sizeof reason, "cannot read device 0's properties (%s)", cudaGetErrorString(err));
+            cudaGetLastError();
+            state = 0;
+        } else if ((err = cudaFuncGetAttributes(&fa, fill_kernel)) != cudaSuccess) {
+            // the build holds sm_90 code and compute_90 PTX (Makefile): older GPUs cannot run it
+            snprintf(reason, sizeof reason, "device 0 (%.200s, compute capability %d.%d) cannot run this build's "
+                     "kernels (%s): it was built for compute capability 9.0 (sm_90)", prop.name, prop.major,
+                     prop.minor, cudaGetErrorString(err));
+            cudaGetLastError();
             state = 0;
         } else if ((err = cudaStreamCreateWithFlags(&the_stream, cudaStreamNonBlocking)) != cudaSuccess) {
             snprintf(reason, sizeof reason, "cannot create a stream on %.200s (%s)", prop.name,

@@ -105,6 +105,13 @@ __device__ static inline T block_reduce(T v, Op op) {
     __syncthreads(); // nobody may write part[] again until everyone has read the result
     return r;
 }
+// Threads for a block that reduces n values: the smallest power of two >= n in [32, 256] (the
+// reductions want a power of two; a warp is the least worth launching, 256 keeps blocks resident).
+static inline unsigned reduce_threads(size_t n) {
+    unsigned t = 32;
+    while (t < 256 && t < n) t *= 2;
+    return t;
+}
 template <typename T> __device__ static inline T block_sum(T v) { return block_reduce(v, cu_sum_op()); }
 template <typename T> __device__ static inline T block_max(T v) { return block_reduce(v, cu_max_op()); }
 template <typename T> __device__ static inline T block_min(T v) { return block_reduce(v, cu_min_op()); }

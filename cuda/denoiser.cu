@@ -2,7 +2,8 @@
 // Forward only.
 //
 // The queries go in chunks of nc = min(N, PM_SCRATCH / (K + 1 + S M)) (at least 1), so that the
-// scratch stays under PM_SCRATCH doubles, each chunk in four launches:
+// scratch stays under PM_SCRATCH doubles (unless a single query needs more), each chunk in four
+// launches:
 //   sqdist_kernel    d[n, k] = ||z_n - y_k||^2 into scratch (nc, K) doubles; blocks of 256 threads
 //                    on tiles of 32 queries x 64 images, grid (K/64, nc/32), 32-pixel slices of both
 //                    staged in shared memory (as doubles), each thread 2 queries x 4 images;

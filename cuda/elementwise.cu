@@ -1,8 +1,9 @@
 // cuda/elementwise.cu: SiLU, channel concat/split, add, scale, axpby, per-(sample, channel) bias, and
 // the per-sample row ops, as grid-stride kernels (one thread per element, cuda.cuh's CU_FOR).
 //
-// What differs from ref/elementwise.c: nothing in the arithmetic except the sums. SiLU is computed in
-// double as ref does (the op is memory-bound, so double costs nothing visible). bias_add_backward
+// What differs from ref/elementwise.c: nothing in the arithmetic except the sums and, on the device,
+// SiLU: computed in double as ref does (the op is memory-bound, so double costs nothing visible), but
+// with CUDA's exp, and nvcc fuses the backward's 1 + x (1 - s) into one multiply-add. bias_add_backward
 // and sqerr_rows sum in double by block_sum's tree, not left to right.
 #include "cuda.cuh"
 

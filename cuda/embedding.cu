@@ -1,7 +1,8 @@
 // cuda/embedding.cu: the positional embedding of the noise condition, one thread per (n, i).
 //
-// What differs from ref/embedding.c: nothing; double pow, sin and cos rounded once, as there (CUDA's
-// double sin/cos are within 2 ulp of the true value, far below float's rounding).
+// What differs from ref/embedding.c: on the emulator nothing; on the device, CUDA's double pow, sin
+// and cos (within 2 ulp of the true value) instead of glibc's, so a float result can differ by an ulp
+// where the double value lies next to a rounding boundary.
 #include "cuda.cuh"
 
 namespace MSD_CUDA_NS {

@@ -4,6 +4,7 @@
 
 #include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -28,12 +29,13 @@ const size_t STACK_BYTES = 64 * 1024; // per thread; kernels keep small register
 // Switching stacks. glibc's swapcontext saves the signal mask with a system call on every switch,
 // which made the emulator spend most of its time switching; on x86-64 a switch here is six pushes,
 // a stack-pointer swap and six pops (the callee-saved registers; the compiler saves the rest around
-// the call). Elsewhere, ucontext.
-#if defined(__x86_64__)
+// the call). Elsewhere, ucontext; also where the compiler emits code for CET shadow stacks
+// (__CET__ bit 2), which a hand-made `ret` onto a new stack would violate.
+#if defined(__x86_64__) && !(defined(__CET__) && (__CET__ & 2))
 #define EMU_FAST_SWITCH 1
 typedef void *context; // the saved stack pointer
 extern "C" void emu_switch(context *save, context to);
-asm(".text\n"
+asm(".pushsection .text\n"
     ".globl emu_switch\n"
     ".type emu_switch, @function\n"
     "emu_switch:\n"
@@ -42,7 +44,8 @@ asm(".text\n"
     "    movq %rsi, %rsp\n"
     "    popq %r15\n    popq %r14\n    popq %r13\n    popq %r12\n    popq %rbx\n    popq %rbp\n"
     "    ret\n"
-    ".size emu_switch, .-emu_switch\n");
+    ".size emu_switch, .-emu_switch\n"
+    ".popsection\n");
 #else
 #define EMU_FAST_SWITCH 0
 typedef ucontext_t context;
@@ -59,7 +62,6 @@ context scheduler;                          // where a fiber returns at a barrie
 unsigned current;                           // the running thread's flat index
 const std::function<void()> *kernel_body;   // what every thread runs
 const char *kernel_name;
-float shfl_slot[1024];
 
 #if EMU_ASAN
 // AddressSanitizer must be told about every stack switch, or it reports false stack errors.
@@ -152,16 +154,6 @@ void __syncthreads() {
 #endif
 }
 
-float emu_shfl(float v, int src_lane) {
-    const unsigned t = current, n = blockDim.x * blockDim.y * blockDim.z;
-    shfl_slot[t] = v;
-    __syncthreads();
-    const unsigned src = t / 32 * 32 + (unsigned)src_lane;
-    float r = (src_lane >= 0 && src_lane < 32 && src < n) ? shfl_slot[src] : v;
-    __syncthreads();
-    return r;
-}
-
 void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<void()> &body) {
     kernel_name = name;
     const unsigned n = block.x * block.y * block.z;
@@ -169,9 +161,12 @@ void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<voi
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) die("empty grid (CUDA rejects it)");
     if (grid.y > 65535 || grid.z > 65535) die("grid.y and grid.z must be <= 65535");
     while (fibers.size() < n) {
-        void *s = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (s == MAP_FAILED) die("out of memory for thread stacks");
-        fibers.push_back(fiber{context{}, (char *)s, false});
+        // one inaccessible page below each stack, so an overflow faults instead of writing into the
+        // next thread's stack
+        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        char *s = (char *)mmap(nullptr, STACK_BYTES + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (s == MAP_FAILED || mprotect(s, page, PROT_NONE) != 0) die("out of memory for thread stacks");
+        fibers.push_back(fiber{context{}, s + page, false});
     }
     kernel_body = &body;
     gridDim = grid;

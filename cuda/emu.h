@@ -7,18 +7,17 @@
 //     tests (tests/test_cuda.c runs the same conformance suite on both).
 //
 // How a launch runs here: blocks one after another; inside a block every thread is a fiber
-// (its own stack) on one OS thread. A thread runs until it reaches __syncthreads() or a warp shuffle, then
+// (its own stack) on one OS thread. A thread runs until it reaches __syncthreads(), then
 // the next thread runs; when all threads have arrived, they all go on. So:
 //   - __shared__ is `static`: one copy, shared by the threads of the block that is running, which is
 //     exactly CUDA's scope because only one block runs at a time.
 //   - A barrier that some threads skip (one returned early, or the barrier sits in a branch that
 //     diverges) is an error in CUDA (undefined behaviour); here it aborts with the kernel's name.
-//   - Warp shuffles are emulated with two block-wide barriers, so a kernel that shuffles must do so
-//     with every thread of the block (the kernels in cuda/ are written that way).
+//   - There are no warp shuffles (or other warp-level intrinsics): kernels here do without them.
 //   - Atomics are plain read-modify-writes: threads never run at the same time.
 // What the emulator cannot show: races between threads that a barrier should have ordered but did
 // not (the order here is fixed: thread 0, 1, 2, ... between barriers), memory-model effects, speed.
-// compute-sanitizer's racecheck on a device covers the first (bench/device-check.sh).
+// compute-sanitizer's racecheck and synccheck on a device cover the first (bench/device-check.sh).
 #ifndef MSD_CUDA_EMU_H
 #define MSD_CUDA_EMU_H
 
@@ -50,18 +49,9 @@ static const int warpSize = 32;
 #define __restrict__ __restrict
 
 // ---------------------------------------------------------------------------------------------------
-// Barriers, shuffles, atomics, intrinsics.
+// Barriers, atomics, intrinsics. No warp shuffles: no kernel uses them (reductions go through shared
+// memory, cuda.cuh's block_reduce), so the emulator does not pretend to have them.
 void __syncthreads();
-// The lane's value exchanged through the block: every thread of the block must call it.
-float emu_shfl(float v, int src_lane);
-static inline float __shfl_down_sync(unsigned, float v, int d) {
-    int lane = (int)(threadIdx.x % 32);
-    return emu_shfl(v, lane + d < 32 ? lane + d : lane);
-}
-static inline float __shfl_xor_sync(unsigned, float v, int m) {
-    return emu_shfl(v, (int)(threadIdx.x % 32) ^ m);
-}
-static inline float __shfl_sync(unsigned, float v, int src) { return emu_shfl(v, src); }
 static inline float atomicAdd(float *p, float v) {
     float old = *p;
     *p = old + v;

@@ -28,16 +28,8 @@
 
 namespace MSD_CUDA_NS {
 
-// Threads for a block that reduces n values: the smallest power of two >= n in [32, 256] (block_sum
-// wants a power of two; a warp is the least worth launching, 256 keeps enough blocks resident).
 // Floats of a group that the forward keeps in shared memory (24 KB: every group of `mini`).
 #define GN_CACHE 6144
-
-static unsigned threads_for(size_t n) {
-    unsigned t = 32;
-    while (t < 256 && t < n) t *= 2;
-    return t;
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Forward
@@ -80,7 +72,7 @@ void cu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, co
                           const float *beta, int N, int C, int HW, int G, float eps) {
     const size_t groups = (size_t)N * G, M = (size_t)(C / G) * HW;
     if (groups == 0 || M == 0) return;
-    launch("groupnorm_forward", groupnorm_forward_kernel, (unsigned)groups, threads_for(M), y, mean,
+    launch("groupnorm_forward", groupnorm_forward_kernel, (unsigned)groups, reduce_threads(M), y, mean,
            rstd, x, gamma, beta, C, HW, G, eps);
 }
 
@@ -154,12 +146,12 @@ void cu_groupnorm_backward(float *dx, float *dgamma, float *dbeta, const float *
     const size_t NC = (size_t)N * C, M = (size_t)(C / G) * HW;
     if (NC == 0 || HW <= 0) return;
     double *s1 = (double *)cu_scratch(4 * NC), *s2 = s1 + NC; // (N, C) each
-    launch("groupnorm_channel_sums", channel_sums_kernel, (unsigned)NC, threads_for((size_t)HW), s1, s2,
+    launch("groupnorm_channel_sums", channel_sums_kernel, (unsigned)NC, reduce_threads((size_t)HW), s1, s2,
            dy, mean, x, C, HW, G);
     if (dx)
-        launch("groupnorm_backward_dx", groupnorm_dx_kernel, (unsigned)((size_t)N * G), threads_for(M), dx,
+        launch("groupnorm_backward_dx", groupnorm_dx_kernel, (unsigned)((size_t)N * G), reduce_threads(M), dx,
                s1, s2, dy, mean, rstd, x, gamma, C, HW, G);
-    launch("groupnorm_backward_params", groupnorm_params_kernel, (unsigned)C, threads_for((size_t)N), dgamma,
+    launch("groupnorm_backward_params", groupnorm_params_kernel, (unsigned)C, reduce_threads((size_t)N), dgamma,
            dbeta, s1, s2, rstd, N, C, G);
 }
 
