@@ -14,9 +14,11 @@ int cmd_parse(const char *cmd, int argc, char **argv, struct cli_opt *o, int n, 
 // The backend named by a --backend flag (NULL: the fastest available), or NULL after printing why.
 const struct msd_backend *cmd_backend(const char *cmd, const char *name);
 
-extern const char HELP_TRAIN[], HELP_SAMPLE[], HELP_CLUSTER[];
+extern const char HELP_TRAIN[], HELP_SAMPLE[], HELP_CLUSTER[], HELP_CLASSIFIER[], HELP_EVAL[];
 int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_cluster(int argc, char **argv);
+int cmd_classifier(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif
