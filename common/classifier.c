@@ -315,18 +315,7 @@ void msd_classifier_free(struct msd_classifier *c) {
 
 void msd_classifier_init(struct msd_classifier *c, uint64_t seed) {
     float *host = xmalloc(c->n_floats * sizeof(float));
-    for (int k = 0; k < c->n_params; k++) {
-        const struct msd_param *p = &c->params[k];
-        float *w = host + p->offset;
-        if (p->init == MSD_INIT_XAVIER) {
-            const double bound = sqrt(6.0 / (p->fan_in + p->fan_out)) * p->init_scale;
-            for (size_t i = 0; i < p->numel; i++)
-                w[i] = (float)(bound * (2.0 * msd_rng_uniform(seed, MSD_STREAM_INIT, p->offset + i) - 1.0));
-        } else {
-            const float v = p->init == MSD_INIT_ONE ? 1.0f : 0.0f;
-            for (size_t i = 0; i < p->numel; i++) w[i] = v;
-        }
-    }
+    msd_params_init(c->params, c->n_params, host, seed);
     c->be->upload(c->w, host, c->n_floats);
     free(host);
     if (c->adam_m) {

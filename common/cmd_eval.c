@@ -66,19 +66,6 @@ static void held_out_spec(const char *data, char *out, size_t n) {
     else snprintf(out, n, "%s", data);
 }
 
-struct denoiser {
-    struct msd_model *m;
-    double *sigmas; // (batch) all equal to the evaluation's sigma
-    int n;
-};
-
-static int denoise(void *ctx, float *D, const float *x, double sigma) {
-    struct denoiser *d = ctx;
-    for (int i = 0; i < d->n; i++) d->sigmas[i] = sigma;
-    const struct msd_forward_opts fo = {false, 0};
-    return msd_denoise_forward(d->m, D, x, d->sigmas, &fo);
-}
-
 // n images from model m: seeds 0..n-1, Heun over the EDM schedule of `steps` steps. images: (n, M) host.
 static int sample_images(struct msd_model *m, float *images, int n, int steps, int batch, bool quiet) {
     const struct msd_backend *be = m->be;
@@ -89,7 +76,7 @@ static int sample_images(struct msd_model *m, float *images, int n, int steps, i
     uint64_t *seeds = xmalloc((size_t)n * sizeof *seeds);
     for (int i = 0; i < n; i++) seeds[i] = (uint64_t)i;
     float *x = be->alloc((size_t)B * M);
-    struct denoiser d = {m, xmalloc((size_t)B * sizeof(double)), 0};
+    struct msd_batch_denoiser d = {m, xmalloc((size_t)B * sizeof(double)), 0};
     struct msd_sample_opts o = msd_sample_opts_default(MSD_SAMPLER_HEUN, steps);
     int rc = msd_schedule(sigmas, steps, MSD_SCHEDULE_EDM, &so);
     if (rc == 0 && !x) rc = msd_set_error("cannot allocate a batch of %d images on backend %s", B, be->name);
@@ -99,7 +86,7 @@ static int sample_images(struct msd_model *m, float *images, int n, int steps, i
         o.seeds = seeds + first;
         if ((rc = msd_model_plan(m, k, false)) < 0) break;
         msd_sample_latent(be, x, k, M, seeds + first, sigmas[0]);
-        if (msd_sample(be, k, M, x, sigmas, steps + 1, &o, denoise, &d) < 0) rc = -1;
+        if (msd_sample(be, k, M, x, sigmas, steps + 1, &o, msd_batch_denoise, &d) < 0) rc = -1;
         else be->download(images + (size_t)first * M, x, (size_t)k * M);
         if (!quiet) fprintf(stderr, "\reval: sampled %d of %d images", first + k, n);
     }

@@ -76,19 +76,6 @@ bad:
     return -1;
 }
 
-struct denoiser {
-    struct msd_model *m;
-    double *sigmas; // (batch) all equal to the evaluation's sigma
-    int n;
-};
-
-static int denoise(void *ctx, float *D, const float *x, double sigma) {
-    struct denoiser *d = ctx;
-    for (int i = 0; i < d->n; i++) d->sigmas[i] = sigma;
-    const struct msd_forward_opts fo = {false, 0};
-    return msd_denoise_forward(d->m, D, x, d->sigmas, &fo);
-}
-
 struct progress {
     int done_images, total_images, batch_images;
 };
@@ -185,7 +172,7 @@ int cmd_sample(int argc, char **argv) {
     const int B = batch < n_seeds ? batch : n_seeds;
     float *images = xmalloc((size_t)n_seeds * M * sizeof(float));
     float *x = be->alloc((size_t)B * M);
-    struct denoiser d = {&m, xmalloc((size_t)B * sizeof(double)), 0};
+    struct msd_batch_denoiser d = {&m, xmalloc((size_t)B * sizeof(double)), 0};
     struct progress p = {0, n_seeds, 0};
     struct msd_sample_opts so2 = msd_sample_opts_default(kind, steps);
     so2.S_churn = churn, so2.S_min = s_min, so2.S_max = s_max, so2.S_noise = s_noise;
@@ -199,7 +186,7 @@ int cmd_sample(int argc, char **argv) {
         so2.seeds = seeds + first;
         if ((rc = msd_model_plan(&m, n, false)) < 0) break;
         msd_sample_latent(be, x, n, M, seeds + first, sigmas[0]);
-        if ((evals = msd_sample(be, n, M, x, sigmas, intervals + 1, &so2, denoise, &d)) < 0) rc = -1;
+        if ((evals = msd_sample(be, n, M, x, sigmas, intervals + 1, &so2, msd_batch_denoise, &d)) < 0) rc = -1;
         else be->download(images + (size_t)first * M, x, (size_t)n * M);
     }
     for (int i = 0; rc == 0 && outdir && i < n_seeds; i++) {

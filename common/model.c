@@ -271,10 +271,9 @@ const struct msd_param *msd_model_find(const struct msd_model *m, const char *na
     return NULL;
 }
 
-void msd_model_init_weights(struct msd_model *m, uint64_t seed) {
-    float *host = xmalloc(m->n_floats * sizeof(float));
-    for (int k = 0; k < m->n_params; k++) {
-        const struct msd_param *p = &m->params[k];
+void msd_params_init(const struct msd_param *params, int n_params, float *host, uint64_t seed) {
+    for (int k = 0; k < n_params; k++) {
+        const struct msd_param *p = &params[k];
         float *w = host + p->offset;
         if (p->init == MSD_INIT_XAVIER) {
             const double bound = sqrt(6.0 / (p->fan_in + p->fan_out)) * p->init_scale;
@@ -285,6 +284,11 @@ void msd_model_init_weights(struct msd_model *m, uint64_t seed) {
             for (size_t i = 0; i < p->numel; i++) w[i] = v;
         }
     }
+}
+
+void msd_model_init_weights(struct msd_model *m, uint64_t seed) {
+    float *host = xmalloc(m->n_floats * sizeof(float));
+    msd_params_init(m->params, m->n_params, host, seed);
     m->be->upload(m->w, host, m->n_floats);
     free(host);
 }

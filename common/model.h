@@ -128,6 +128,9 @@ int msd_model_create(struct msd_model *m, const struct msd_config *cfg, const st
 void msd_model_free(struct msd_model *m);
 // EDM initialisation from the counter RNG: parameter i of the buffer draws (seed, MSD_STREAM_INIT, i).
 void msd_model_init_weights(struct msd_model *m, uint64_t seed);
+// The same rule for any parameter table (the classifier's too): host (n_floats) gets every parameter's
+// initial values, xavier-uniform ones from (seed, MSD_STREAM_INIT, offset + i), the others 0 or 1.
+void msd_params_init(const struct msd_param *params, int n_params, float *host, uint64_t seed);
 // Plan the activation arena for batch size N (re-plans when N changes); with_grad also allocates the
 // gradient buffer and the backward scratch. -1 with a message when memory runs out.
 int msd_model_plan(struct msd_model *m, int N, bool with_grad);

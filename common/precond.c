@@ -148,6 +148,13 @@ int msd_denoise_forward(struct msd_model *m, float *D, const float *x, const dou
     return 0;
 }
 
+int msd_batch_denoise(void *ctx, float *D, const float *x, double sigma) {
+    struct msd_batch_denoiser *d = ctx;
+    for (int i = 0; i < d->n; i++) d->sigmas[i] = sigma;
+    const struct msd_forward_opts fo = {false, 0};
+    return msd_denoise_forward(d->m, D, x, d->sigmas, &fo);
+}
+
 void msd_denoise_backward(struct msd_model *m, float *dx, const float *dD, const struct msd_forward_opts *o) {
     struct msd_dbufs *d = m->dbufs;
     const int N = d->N;

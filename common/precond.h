@@ -37,6 +37,14 @@ int msd_batch_stage(const struct msd_config *c, const double *sigma, int N);
 // for N. Keeps what msd_denoise_backward needs. -1 with a message when the batch spans stages.
 int msd_denoise_forward(struct msd_model *m, float *D, const float *x, const double *sigma,
                         const struct msd_forward_opts *o);
+// A sampler's denoiser (common/sampler.h's msd_denoise_fn) over a model: every image of the batch at
+// one sigma, no dropout. ctx is a struct msd_batch_denoiser whose sigmas has room for n values.
+struct msd_batch_denoiser {
+    struct msd_model *m;
+    double *sigmas; // (n) host scratch, all set to the evaluation's sigma
+    int n;          // images in the batch (the model's planned batch)
+};
+int msd_batch_denoise(void *ctx, float *D, const float *x, double sigma);
 // dD: (N, C, R, R) -> dx (written, or NULL) and parameter gradients (accumulated).
 void msd_denoise_backward(struct msd_model *m, float *dx, const float *dD,
                           const struct msd_forward_opts *o);
