@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
+
 #include "checkpoint.h"
 #include "classifier.h"
 #include "commands.h"
@@ -204,23 +206,34 @@ int cmd_eval(int argc, char **argv) {
         for (int k = 0; k < LOSS_SIGMAS; k++) stage_loss[s] += losses[s][k] / LOSS_SIGMAS;
     }
 
-    if (rc == 0 && json) {
-        printf("{\"fd\": %.9g, \"generated\": %d, \"reference\": %d, \"reference_data\": \"%s\", "
-               "\"classifier\": \"%s\", \"source\": \"%s\"",
-               fd, n_gen, n_ref, ref_spec, cls_path, images_dir ? images_dir : model);
-        if (have_model) printf(", \"sampler\": \"heun\", \"steps\": %d", steps);
-        if (stages && count > 0) {
-            printf(", \"loss_images\": %d, \"stages\": [", count);
-            for (int s = 0; s < stages; s++) {
-                printf("%s{\"stage\": %d, \"loss\": %.9g, \"sigmas\": [", s ? ", " : "", s, stage_loss[s]);
-                for (int k = 0; k < LOSS_SIGMAS; k++) printf("%s%.6g", k ? ", " : "", loss_sigmas[s][k]);
-                printf("], \"losses\": [");
-                for (int k = 0; k < LOSS_SIGMAS; k++) printf("%s%.9g", k ? ", " : "", losses[s][k]);
-                printf("]}");
-            }
-            printf("]");
+    if (rc == 0 && json) { // built with cJSON, so that any path comes out as a valid JSON string
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "fd", fd);
+        cJSON_AddNumberToObject(j, "generated", n_gen);
+        cJSON_AddNumberToObject(j, "reference", n_ref);
+        cJSON_AddStringToObject(j, "reference_data", ref_spec);
+        cJSON_AddStringToObject(j, "classifier", cls_path);
+        cJSON_AddStringToObject(j, "source", images_dir ? images_dir : model);
+        if (have_model) {
+            cJSON_AddStringToObject(j, "sampler", "heun");
+            cJSON_AddNumberToObject(j, "steps", steps);
         }
-        printf("}\n");
+        if (stages && count > 0) {
+            cJSON_AddNumberToObject(j, "loss_images", count);
+            cJSON *arr = cJSON_AddArrayToObject(j, "stages");
+            for (int s = 0; s < stages; s++) {
+                cJSON *e = cJSON_CreateObject();
+                cJSON_AddNumberToObject(e, "stage", s);
+                cJSON_AddNumberToObject(e, "loss", stage_loss[s]);
+                cJSON_AddItemToObject(e, "sigmas", cJSON_CreateDoubleArray(loss_sigmas[s], LOSS_SIGMAS));
+                cJSON_AddItemToObject(e, "losses", cJSON_CreateDoubleArray(losses[s], LOSS_SIGMAS));
+                cJSON_AddItemToArray(arr, e);
+            }
+        }
+        char *text = cJSON_PrintUnformatted(j);
+        printf("%s\n", text);
+        free(text);
+        cJSON_Delete(j);
     } else if (rc == 0) {
         printf("FD %.4f: %d %s images against %d of %s (features of %s)\n", fd, n_gen,
                images_dir ? "given" : "generated", n_ref, rd.source, cls_path);

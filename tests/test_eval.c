@@ -113,10 +113,10 @@ START_TEST(model_json) {
                                "--steps", "4", "--loss-images", "20", "--json", "--backend", "fast");
     test_expect_ok(&r);
     printf("eval --json: %s", r.out);
-    ck_assert_msg(strstr(r.out, "\"fd\": ") && strstr(r.out, "\"generated\": 40") && strstr(r.out, "\"stage\": 1") &&
-                      strstr(r.out, "\"loss_images\": 20"),
+    ck_assert_msg(strstr(r.out, "\"fd\":") && strstr(r.out, "\"generated\":40") && strstr(r.out, "\"stage\":1") &&
+                      strstr(r.out, "\"loss_images\":20"),
                   "unexpected JSON: %s", r.out);
-    const double fd = atof(strstr(r.out, "\"fd\": ") + 6);
+    const double fd = atof(strstr(r.out, "\"fd\":") + 5);
     ck_assert_msg(isfinite(fd) && fd > 0, "FD of an untrained model's samples against blobs: %g", fd);
     test_run_free(&r);
 }
