@@ -269,35 +269,26 @@ static inline int pick_splits(long tiles, long K, long MN, int *kchunk) {
     return K > 0 ? (int)cdiv(K, c) : 1; // chunks of length c cover K (never more than s of them)
 }
 
+// One launch of the kernel with BM x BN tiles: the grid covers C in tiles, z = the reduction chunks.
+template <int BM, int BN, class LA, class LB, class OUT>
+static void gemm_launch(const char *name, LA a, LB b, OUT out, int M, int N, int K, int kchunk, int splits) {
+    launch(name, gemm_kernel<BM, BN, LA, LB, OUT>,
+           dim3((unsigned)cdiv(N, BN), (unsigned)cdiv(M, BM), (unsigned)splits), dim3(GEMM_THREADS), a, b, out,
+           M, N, K, kchunk);
+}
+
 // C = A B over an M x N x K problem with the given tiles, the reduction split into `splits` chunks of
 // `kchunk` (splits = 1, kchunk >= K for none).
 template <class LA, class LB, class OUT>
 static void gemm(const char *name, gemm_tiles t, LA a, LB b, OUT out, int M, int N, int K, int kchunk,
                  int splits) {
     if (M <= 0 || N <= 0) return;
-    const dim3 block(GEMM_THREADS);
-    const unsigned z = (unsigned)splits;
     switch (t) {
-    case TILES_128x128:
-        launch(name, gemm_kernel<128, 128, LA, LB, OUT>, dim3((unsigned)cdiv(N, 128), (unsigned)cdiv(M, 128), z),
-               block, a, b, out, M, N, K, kchunk);
-        break;
-    case TILES_128x64:
-        launch(name, gemm_kernel<128, 64, LA, LB, OUT>, dim3((unsigned)cdiv(N, 64), (unsigned)cdiv(M, 128), z),
-               block, a, b, out, M, N, K, kchunk);
-        break;
-    case TILES_64x128:
-        launch(name, gemm_kernel<64, 128, LA, LB, OUT>, dim3((unsigned)cdiv(N, 128), (unsigned)cdiv(M, 64), z),
-               block, a, b, out, M, N, K, kchunk);
-        break;
-    case TILES_64x64:
-        launch(name, gemm_kernel<64, 64, LA, LB, OUT>, dim3((unsigned)cdiv(N, 64), (unsigned)cdiv(M, 64), z),
-               block, a, b, out, M, N, K, kchunk);
-        break;
-    case TILES_32x128:
-        launch(name, gemm_kernel<32, 128, LA, LB, OUT>, dim3((unsigned)cdiv(N, 128), (unsigned)cdiv(M, 32), z),
-               block, a, b, out, M, N, K, kchunk);
-        break;
+    case TILES_128x128: gemm_launch<128, 128>(name, a, b, out, M, N, K, kchunk, splits); break;
+    case TILES_128x64: gemm_launch<128, 64>(name, a, b, out, M, N, K, kchunk, splits); break;
+    case TILES_64x128: gemm_launch<64, 128>(name, a, b, out, M, N, K, kchunk, splits); break;
+    case TILES_64x64: gemm_launch<64, 64>(name, a, b, out, M, N, K, kchunk, splits); break;
+    case TILES_32x128: gemm_launch<32, 128>(name, a, b, out, M, N, K, kchunk, splits); break;
     }
 }
 
