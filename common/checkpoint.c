@@ -48,6 +48,11 @@ static void add_filter(const char *name, void *ctx) {
 
 int msd_checkpoint_save(const struct msd_model *m, const char *path, const char *const *meta_keys,
                         const char *const *meta_values, int n_meta) {
+    return msd_checkpoint_save_as(m, path, false, meta_keys, meta_values, n_meta);
+}
+
+int msd_checkpoint_save_as(const struct msd_model *m, const char *path, bool f16, const char *const *meta_keys,
+                           const char *const *meta_values, int n_meta) {
     float *host = xmalloc(m->n_floats * sizeof(float));
     m->be->download(host, m->w, m->n_floats);
     struct save_ctx s = {xcalloc((size_t)m->n_params * 2, sizeof(struct msd_st_entry)), 0};
@@ -66,7 +71,7 @@ int msd_checkpoint_save(const struct msd_model *m, const char *path, const char 
     keys[0] = "config";
     values[0] = config;
     for (int i = 0; i < n_meta; i++) keys[i + 1] = meta_keys[i], values[i + 1] = meta_values[i];
-    int rc = msd_st_write(path, s.entries, s.n, keys, values, n_meta + 1);
+    int rc = msd_st_write_as(path, s.entries, s.n, f16, keys, values, n_meta + 1);
     for (int i = 0; i < s.n; i++) free((char *)s.entries[i].name);
     free(s.entries);
     free(keys);

@@ -14,6 +14,9 @@
 // Write m's parameters and config to path atomically. Extra metadata pairs may be given (n_meta 0).
 int msd_checkpoint_save(const struct msd_model *m, const char *path, const char *const *meta_keys,
                         const char *const *meta_values, int n_meta);
+// The same with every tensor stored as F16 when f16 is set (half the file; loading converts back).
+int msd_checkpoint_save_as(const struct msd_model *m, const char *path, bool f16, const char *const *meta_keys,
+                           const char *const *meta_values, int n_meta);
 
 // Create *m from the checkpoint at path (its config, then its weights) on backend be.
 // -1 with a message that names the file and what is wrong; *m is then empty.

@@ -336,7 +336,7 @@ const char *msd_st_meta(const struct msd_st_file *f, const char *key) {
 // Conversion to float32
 
 // IEEE half: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
-static float f16_to_f32(uint16_t h) {
+float msd_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
     if (exp == 0x1f) bits = sign | 0x7f800000u | (man << 13);        // inf, or NaN with its payload
     else if (exp != 0) bits = sign | ((exp + 112u) << 23) | (man << 13); // normal: rebias 15 -> 127
@@ -377,7 +377,7 @@ int msd_st_get_f32(const struct msd_st_file *f, const char *name, int ndim, cons
         int half = t->dtype[0] == 'F';
         for (size_t i = 0; i < bytes / 2; i++) {
             uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)); // memcpy-free: begin may be odd
-            dst[i] = half ? f16_to_f32(h) : bf16_to_f32(h);
+            dst[i] = half ? msd_f16_to_f32(h) : bf16_to_f32(h);
         }
     } else {
         return st_error(f->path, "tensor '%s' has dtype %s, expected F32, F16 or BF16 (shape %s)", name,
@@ -388,6 +388,30 @@ int msd_st_get_f32(const struct msd_st_file *f, const char *name, int ndim, cons
 
 // ---------------------------------------------------------------------------------------------------
 // Writing
+
+// Round to half precision in two ranges, each a scaling by a power of two (exact) and one rint
+// (round to nearest, ties to even, the default mode):
+//   |x| < 2^-14, F16's subnormals: bits = rint(|x| 2^24), a multiple of the step 2^-24. A result of
+//     1024 is the smallest normal, 2^-14, whose bits are 0x0400 as well.
+//   otherwise |x| = f 2^E with f in [1, 2): mantissa m = rint(f 1024) in [1024, 2048]; 2048 means
+//     the rounding carried into the next binade. bits = (E + 15) << 10 | (m - 1024).
+int msd_f32_to_f16(float x, uint16_t *bits) {
+    if (!isfinite(x)) return -1;
+    const uint16_t sign = signbit(x) ? 0x8000u : 0;
+    const float a = fabsf(x);
+    if (a < 0x1p-14f) {
+        *bits = sign | (uint16_t)rintf(ldexpf(a, 24));
+        return 0;
+    }
+    int e;
+    (void)frexpf(a, &e); // a = f' 2^e with f' in [0.5, 1), so E = e - 1
+    int E = e - 1;
+    long m = lrintf(ldexpf(a, 10 - E)); // f 1024
+    if (m == 2048) m = 1024, E++;
+    if (E > 15) return -1;
+    *bits = sign | (uint16_t)((E + 15) << 10) | (uint16_t)(m - 1024);
+    return 0;
+}
 
 // A JSON string literal: quote, backslash and control bytes escaped; other bytes (UTF-8) as they are.
 static void put_json_string(FILE *h, const char *s) {
@@ -403,7 +427,7 @@ static void put_json_string(FILE *h, const char *s) {
 
 // Check the arguments and build the padded header into *hdr (malloc'd, *hdr_len bytes); *sizes gets each
 // entry's byte count.
-static int build_header(const char *path, const struct msd_st_entry *e, int n, const char *const *keys,
+static int build_header(const char *path, const struct msd_st_entry *e, int n, bool f16, const char *const *keys,
                         const char *const *vals, int n_meta, char **hdr, size_t *hdr_len, size_t *sizes) {
     if (n < 0 || (n > 0 && !e) || n_meta < 0 || (n_meta > 0 && (!keys || !vals)))
         return st_error(path, "write: bad arguments (n_entries %d, n_meta %d, or a NULL array)", n, n_meta);
@@ -420,7 +444,7 @@ static int build_header(const char *path, const struct msd_st_entry *e, int n, c
             if (e[i].shape[d] < 0)
                 rc = st_error(path, "write: tensor '%s' has a negative dim in shape %s", e[i].name,
                               fmt_shape(sh, sizeof sh, e[i].ndim, e[i].shape));
-        if (rc == 0 && !shape_bytes(e[i].ndim, e[i].shape, 4, &sizes[i]))
+        if (rc == 0 && !shape_bytes(e[i].ndim, e[i].shape, f16 ? 2 : 4, &sizes[i]))
             rc = st_error(path, "write: tensor '%s' shape %s is too large (byte size overflows)", e[i].name,
                           fmt_shape(sh, sizeof sh, e[i].ndim, e[i].shape));
         if (rc == 0 && sizes[i] > 0 && !e[i].data)
@@ -455,7 +479,7 @@ static int build_header(const char *path, const struct msd_st_entry *e, int n, c
     for (int i = 0; i < n; i++) {
         if (i || n_meta > 0) fputc(',', h);
         put_json_string(h, e[i].name);
-        fputs(":{\"dtype\":\"F32\",\"shape\":[", h);
+        fprintf(h, ":{\"dtype\":\"%s\",\"shape\":[", f16 ? "F16" : "F32");
         for (int d = 0; d < e[i].ndim; d++) fprintf(h, "%s%lld", d ? "," : "", (long long)e[i].shape[d]);
         fprintf(h, "],\"data_offsets\":[%zu,%zu]}", off, off + sizes[i]);
         off += sizes[i];
@@ -483,14 +507,40 @@ static void sync_parent_dir(const char *path) {
 
 int msd_st_write(const char *path, const struct msd_st_entry *entries, int n_entries,
                  const char *const *meta_keys, const char *const *meta_values, int n_meta) {
+    return msd_st_write_as(path, entries, n_entries, false, meta_keys, meta_values, n_meta);
+}
+
+int msd_st_write_as(const char *path, const struct msd_st_entry *entries, int n_entries, bool f16,
+                    const char *const *meta_keys, const char *const *meta_values, int n_meta) {
     if (!host_is_little_endian())
         return st_error(path, "this host is big-endian; safetensors data is little-endian");
     char *hdr = NULL;
     size_t hdr_len = 0;
     size_t *sizes = xcalloc(n_entries > 0 ? (size_t)n_entries : 1, sizeof *sizes);
-    if (build_header(path, entries, n_entries, meta_keys, meta_values, n_meta, &hdr, &hdr_len, sizes) != 0) {
+    if (build_header(path, entries, n_entries, f16, meta_keys, meta_values, n_meta, &hdr, &hdr_len, sizes) != 0) {
         free(sizes);
         return -1;
+    }
+    // F16 entries are converted before anything is created, so a value F16 cannot hold fails the
+    // write without touching the disk.
+    unsigned char **half = xcalloc(n_entries > 0 ? (size_t)n_entries : 1, sizeof *half);
+    for (int i = 0; i < n_entries; i++) {
+        if (!f16 || !sizes[i]) continue;
+        half[i] = xmalloc(sizes[i]);
+        for (size_t k = 0; k < sizes[i] / 2; k++) {
+            uint16_t b;
+            if (msd_f32_to_f16(entries[i].data[k], &b) < 0) {
+                int rc = st_error(path, "write: tensor '%s' element %zu is %g, which F16 cannot hold (finite, "
+                                  "|x| <= 65504 expected); nothing was written", entries[i].name, k,
+                                  (double)entries[i].data[k]);
+                for (int j = 0; j <= i; j++) free(half[j]);
+                free(half);
+                free(sizes);
+                free(hdr);
+                return rc;
+            }
+            half[i][2 * k] = (unsigned char)(b & 0xff), half[i][2 * k + 1] = (unsigned char)(b >> 8);
+        }
     }
     size_t plen = strlen(path);
     char *tmp = xmalloc(plen + 5);
@@ -510,7 +560,9 @@ int msd_st_write(const char *path, const struct msd_st_entry *entries, int n_ent
     step = "write";
     if (fwrite(lb, 1, 8, fp) != 8 || fwrite(hdr, 1, hdr_len, fp) != hdr_len) goto io_fail;
     for (int i = 0; i < n_entries; i++)
-        if (sizes[i] && fwrite(entries[i].data, 1, sizes[i], fp) != sizes[i]) goto io_fail;
+        if (sizes[i] && fwrite(half[i] ? (const void *)half[i] : (const void *)entries[i].data, 1, sizes[i], fp) !=
+                            sizes[i])
+            goto io_fail;
     step = "flush";
     if (fflush(fp) != 0) goto io_fail;
     step = "fsync";
@@ -530,6 +582,8 @@ io_fail:
     if (fp) fclose(fp);
     remove(tmp); // never leave a half-written file behind
 done:
+    for (int i = 0; i < n_entries; i++) free(half[i]);
+    free(half);
     free(tmp);
     free(sizes);
     free(hdr);

@@ -8,13 +8,14 @@
 // What this file holds: a strict reader that loads the whole file into memory and validates every
 // length, offset, dtype and shape before anything uses them (a corrupt file gives -1 and a message that
 // names the file and what is wrong, never a crash); a float32 getter that converts F16/BF16 and checks
-// the expected shape; and an atomic F32 writer (temp file, fsync, rename).
-// What it does not hold: memory mapping, lazy loading, writing dtypes other than F32, or knowledge of
+// the expected shape; and an atomic writer of F32 or F16 tensors (temp file, fsync, rename).
+// What it does not hold: memory mapping, lazy loading, writing BF16 or integer dtypes, or knowledge of
 // which tensors a model needs (the model code asks for them by name and shape).
 // Little-endian hosts only, checked at compile time where the compiler says, and at run time.
 #ifndef MSD_SAFETENSORS_H
 #define MSD_SAFETENSORS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -64,10 +65,21 @@ struct msd_st_entry {
     const float *data;
 };
 
+// x rounded to the nearest IEEE half (ties to even), as its bits. -1 when x is NaN, infinite or
+// rounds beyond F16's largest finite value, 65504.
+int msd_f32_to_f16(float x, uint16_t *bits);
+// The float32 value of IEEE half bits h (exact: every half is a float).
+float msd_f16_to_f32(uint16_t h);
+
 // Write entries (in order, contiguous, F32) and n_meta string pairs as "__metadata__" (n_meta may be
 // 0) to path, atomically: write "<path>.tmp", fflush, fsync, fclose, rename over path. On any failure
 // the temp file is removed, path is left as it was, and -1 is returned with a message.
 int msd_st_write(const char *path, const struct msd_st_entry *entries, int n_entries,
                  const char *const *meta_keys, const char *const *meta_values, int n_meta);
+// The same, storing every tensor as F16 when f16 is set: each value rounded to the nearest half (ties
+// to even). A value that F16 cannot hold (NaN, Inf, or beyond 65504 once rounded) fails the write
+// before any file is created, with a message naming the tensor and element.
+int msd_st_write_as(const char *path, const struct msd_st_entry *entries, int n_entries, bool f16,
+                    const char *const *meta_keys, const char *const *meta_values, int n_meta);
 
 #endif

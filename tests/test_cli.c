@@ -1,7 +1,7 @@
 // test_cli.c: the msdiff program from the outside: it runs the built ./msdiff (tests run from the
 // repository root; make builds ./msdiff first) and checks exit statuses, what it prints and the
 // files it writes. info against the paper's counts, init's determinism and its round trip through
-// info --model, denoise against msd_denoise_forward called in this process (bit for bit), and every
+// info --model, export --fp16 against the F16 rounding, denoise against msd_denoise_forward called in this process (bit for bit), and every
 // bad command line a user is likely to type. Also the strict number parsing of common/cli.h.
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -441,6 +441,48 @@ START_TEST(cli_numbers) {
 }
 END_TEST
 
+// export --fp16: a checkpoint of half the size that loads as the same network with every weight
+// rounded to F16 (msd_f32_to_f16, checked bit for bit against the format in test_safetensors), the
+// run-folder form, and a weight F16 cannot hold, which fails without a file.
+START_TEST(export_fp16) {
+    const char *src = test_path("exp-src.safetensors"), *half = test_path("exp-half.safetensors");
+    struct test_run r = MSDIFF("init", "--preset", "tiny-ms", "--seed", "4", "--out", src);
+    test_expect_ok(&r);
+    test_run_free(&r);
+    r = MSDIFF("export", "--model", src, "--out", half, "--fp16");
+    test_expect_ok(&r);
+    ck_assert_msg(strstr(r.out, "as F16") && strstr(r.out, "largest relative change"), "export printed: %s", r.out);
+    test_run_free(&r);
+    struct msd_model a, b;
+    ck_assert_msg(msd_checkpoint_load(&a, src, &msd_backend_ref) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_checkpoint_load(&b, half, &msd_backend_ref) == 0, "%s", msd_last_error());
+    ck_assert_msg(a.n_floats == b.n_floats && !memcmp(&a.cfg, &b.cfg, sizeof a.cfg), "the config changed");
+    long moved = 0;
+    for (size_t i = 0; i < a.n_floats; i++) {
+        uint16_t h;
+        ck_assert(msd_f32_to_f16(a.w[i], &h) == 0);
+        ck_assert_msg(b.w[i] == msd_f16_to_f32(h), "weight %zu: %a exported as %a", i, (double)a.w[i],
+                      (double)b.w[i]);
+        moved += b.w[i] != a.w[i];
+    }
+    ck_assert_msg(moved > 0, "no weight changed: the file is not F16");
+    size_t n_src, n_half;
+    free(test_read_file(src, &n_src));
+    free(test_read_file(half, &n_half));
+    ck_assert_msg(n_half < n_src * 6 / 10, "the F16 file has %zu bytes, the F32 one %zu", n_half, n_src);
+
+    // a weight beyond F16's range: an error naming F16, and no file
+    a.w[7] = 1e6f;
+    const char *big = test_path("exp-big.safetensors"), *out = test_path("exp-none.safetensors");
+    ck_assert_msg(msd_checkpoint_save(&a, big, NULL, NULL, 0) == 0, "%s", msd_last_error());
+    FAILS(1, "F16", "export", "--model", big, "--out", out, "--fp16");
+    ck_assert_msg(!test_exists(out), "a failed export left %s", out);
+    FAILS(2, "--out", "export", "--model", src);
+    msd_model_free(&a);
+    msd_model_free(&b);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cli");
     TCase *tc = tcase_create("program");
@@ -455,6 +497,7 @@ int main(void) {
     tcase_add_test(tc, denoise_bad_input);
     tcase_add_test(tc, dispatch_and_help);
     tcase_add_test(tc, cli_numbers);
+    tcase_add_test(tc, export_fp16);
     suite_add_tcase(s, tc);
     test_tmpdir_make("cli"); // before the tests fork: they share it
     int rc = run_suite(s);

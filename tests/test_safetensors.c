@@ -3,7 +3,8 @@
 // Holds: a bit-exact round trip with metadata, the 8-byte data alignment, loading the shared reference
 // dumps (tests/data/, or ../shared/testdata/ from the repo root), one test per kind of corrupt file
 // (each checks the -1 and a word of the message), the float32 getter's shape and dtype errors, F16 and
-// BF16 conversion of known values, and the atomic writer's failure paths (no .tmp and no file left).
+// BF16 conversion of known values, rounding to F16 (known values, every half, nearest-ness) and F16
+// writes, and the atomic writer's failure paths (no .tmp and no file left).
 // Does not hold: model-specific checkpoint contents (the model tests check those names and shapes).
 // Temp files live in the suite's temporary directory (testutil.h).
 #include <check.h>
@@ -436,6 +437,92 @@ START_TEST(test_f16_bf16_conversion) {
 }
 END_TEST
 
+// Rounding to F16, at values whose nearest half is known from the format alone (10 mantissa bits,
+// exponent bias 15, subnormal step 2^-24), the ties included, which go to the even mantissa.
+START_TEST(test_f32_to_f16_known) {
+    struct { float x; uint16_t h; } k[] = {
+        {1.0f, 0x3c00},          {-2.0f, 0xc000},          {65504.0f, 0x7bff},       {65519.0f, 0x7bff},
+        {0x1p-24f, 0x0001},      {0x1p-25f, 0x0000},       {0x3p-26f, 0x0001},       {0x1p-14f, 0x0400},
+        {0x1p-14f - 0x1p-25f, 0x0400}, {0x1p-14f - 0x3p-25f, 0x03fe},
+        {1.0f + 0x1p-11f, 0x3c00}, {1.0f + 0x3p-11f, 0x3c02}, {1.0f + 0x1p-12f, 0x3c00},
+        {0.1f, 0x2e66},          {-0.0f, 0x8000},          {0x1p-30f, 0x0000},       {2047.0f, 0x67ff},
+        {2049.0f, 0x6800},       {2051.0f, 0x6802},
+    };
+    for (int i = 0; i < (int)(sizeof k / sizeof k[0]); i++) {
+        uint16_t h = 0xdead;
+        ck_assert_msg(msd_f32_to_f16(k[i].x, &h) == 0 && h == k[i].h, "%a gave 0x%04x, expected 0x%04x",
+                      (double)k[i].x, h, k[i].h);
+    }
+    const float bad[] = {65520.0f, -65520.0f, 1e9f, INFINITY, -INFINITY, NAN};
+    for (int i = 0; i < 6; i++) {
+        uint16_t h;
+        ck_assert_msg(msd_f32_to_f16(bad[i], &h) == -1, "%g has no F16 value but was accepted", (double)bad[i]);
+    }
+}
+END_TEST
+
+// Every finite half survives the trip half -> float -> half, and every float rounds to a nearest
+// half: no finite half lies closer (checked against both neighbours, over random floats of every
+// binade F16 covers).
+START_TEST(test_f32_to_f16_exhaustive) {
+    for (uint32_t h = 0; h <= 0xffff; h++) {
+        if ((h & 0x7c00) == 0x7c00) continue; // Inf and NaN
+        uint16_t back;
+        float x = msd_f16_to_f32((uint16_t)h);
+        ck_assert_msg(msd_f32_to_f16(x, &back) == 0 && back == h, "0x%04x -> %a -> 0x%04x", h, (double)x, back);
+    }
+    uint64_t s = 12345;
+    for (int i = 0; i < 200000; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        float x = ldexpf((float)((s >> 40) & 0xffffff) / 0x1p24f + 1.0f, (int)((s >> 20) % 42) - 26);
+        if (s & 1) x = -x;
+        uint16_t h;
+        if (msd_f32_to_f16(x, &h) < 0) {
+            ck_assert_msg(fabsf(x) >= 65520.0f, "%a refused but F16 holds it", (double)x);
+            continue;
+        }
+        double d = fabs((double)msd_f16_to_f32(h) - x);
+        for (int step = -1; step <= 1; step += 2) {
+            uint16_t n = (uint16_t)((h & 0x7fff) + step) | (h & 0x8000);
+            if ((h & 0x7fff) == 0 && step < 0) continue;
+            if ((n & 0x7c00) == 0x7c00) continue;
+            ck_assert_msg(fabs((double)msd_f16_to_f32(n) - x) >= d, "%a: 0x%04x is nearer than 0x%04x",
+                          (double)x, n, h);
+        }
+    }
+}
+END_TEST
+
+// An F16 write: the file says F16, holds 2 bytes a value, and reads back as the rounded values; a value
+// F16 cannot hold fails the write before any file exists, and leaves an older file as it was.
+START_TEST(test_write_f16) {
+    float x[5] = {1.0f, 0.1f, -3.0e-6f, 1.0f + 0x1p-11f, 65504.0f}, y[5];
+    struct msd_st_entry e = {"x", 1, {5}, x};
+    const char *path = test_path("f16.safetensors");
+    ck_assert_msg(msd_st_write_as(path, &e, 1, true, NULL, NULL, 0) == 0, "%s", msd_last_error());
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "read: %s", msd_last_error());
+    const struct msd_st_tensor *t = msd_st_find(&f, "x");
+    ck_assert_msg(t && !strcmp(t->dtype, "F16") && t->end - t->begin == 10, "stored as %s, %zu bytes",
+                  t ? t->dtype : "?", t ? t->end - t->begin : 0);
+    ck_assert_msg(msd_st_get_f32(&f, "x", 1, (int64_t[]){5}, y) == 0, "%s", msd_last_error());
+    const float want[5] = {1.0f, 0.0999755859375f, -0x32p-24f, 1.0f, 65504.0f};
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(y[i] == want[i], "x[%d] = %a read back as %a, expected %a", i, (double)x[i], (double)y[i],
+                      (double)want[i]);
+    msd_st_free(&f);
+    x[2] = 7e4f;
+    ck_assert_msg(msd_st_write_as(path, &e, 1, true, NULL, NULL, 0) == -1, "70000 was written as F16");
+    ck_assert_msg(strstr(msd_last_error(), "F16") && strstr(msd_last_error(), "'x' element 2"),
+                  "message '%s' does not name the tensor, element and F16", msd_last_error());
+    ck_assert_msg(!test_exists(test_path("f16.safetensors.tmp")), "a temp file was left behind");
+    ck_assert_msg(msd_st_read(&f, path) == 0 && msd_st_get_f32(&f, "x", 1, (int64_t[]){5}, y) == 0 &&
+                      y[2] == want[2], "the earlier file was disturbed");
+    msd_st_free(&f);
+    remove(path);
+}
+END_TEST
+
 // ---------------------------------------------------------------------------------------------------
 // The atomic writer
 
@@ -549,6 +636,9 @@ int main(void) {
     tcase_add_test(tc, test_get_wrong_shape);
     tcase_add_test(tc, test_get_unconvertible_dtype);
     tcase_add_test(tc, test_f16_bf16_conversion);
+    tcase_add_test(tc, test_f32_to_f16_known);
+    tcase_add_test(tc, test_f32_to_f16_exhaustive);
+    tcase_add_test(tc, test_write_f16);
     tcase_add_test(tc, test_atomic_write_leaves_no_tmp);
     tcase_add_test(tc, test_write_unwritable_dir);
     tcase_add_test(tc, test_write_rename_fails);
