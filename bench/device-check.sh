@@ -52,22 +52,7 @@ PY=$(command -v python3 || echo python3-not-found)
 row "GPU" "$(head -n 1 "$OUT/gpu.txt")"
 
 step "dependencies"
-make_vars=()
-if ! printf '#include <cjson/cJSON.h>\n#include <check.h>\n#include <png.h>\n#include <zlib.h>\n' |
-        cc -E -x c - > /dev/null 2>&1; then
-    if ! ls .device/debs/*.deb > /dev/null 2>&1; then
-        echo "device-check: this machine lacks cJSON/Check/libpng/zlib headers and no .device/debs was carried"
-        echo "              (run bench/device-deps.sh on the development machine and carry .device)"
-        exit 1
-    fi
-    D=/tmp/msd-deps
-    rm -rf "$D" && mkdir -p "$D"
-    for f in .device/debs/*.deb; do dpkg -x "$f" "$D"; done
-    LIB=$D/usr/lib/x86_64-linux-gnu
-    rm -f "$LIB/libz.so" # points at the Debian system's libz; the static libz.a beside it is used
-    make_vars=(CFLAGS_EXTRA="-I$D/usr/include" LDFLAGS_EXTRA="-L$LIB -Wl,-rpath,$LIB")
-    echo "unpacked $(ls .device/debs | wc -l) packages into $D"
-fi
+source bench/device-env.sh || exit 1
 
 step "build (sm_90)"
 J=$(nproc)
