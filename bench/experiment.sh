@@ -12,7 +12,8 @@
 # Usage, from anywhere:   bench/experiment.sh [DIR]          (default DIR: runs/experiment)
 # Settings (environment): IMAGES per arm (default 256000), EVERY (51200), BATCH (128), N (2000),
 #   N_FINAL for the last snapshot (default N), DATA (fmnist), BACKEND (msdiff's default), ARMS (all
-#   four), MSDIFF (./msdiff), K for the clustering (3000), LOSS_IMAGES for the held-out loss (2000).
+#   four), MSDIFF (./msdiff), K for the clustering (3000), LOSS_IMAGES for the held-out loss (2000),
+#   EVALS (all, or final: only the last snapshots; a later run with all adds the others).
 # It resumes: an arm whose run folder exists is continued (--resume), an eval whose JSON exists is
 # kept, so a run that was cut short can be started again with the same command.
 set -euo pipefail
@@ -105,6 +106,10 @@ eval_one() { # arm step n
     mv "$run/eval-$tag.json.part" "$run/eval-$tag.json"
 }
 for arm in $ARMS; do eval_one "$arm" "$STEPS" "$N_FINAL"; done
+if [ "${EVALS:-all}" = final ]; then
+    say "done with the last snapshots (EVALS=final): $DIR"
+    exit 0
+fi
 for ((s = SNAP; s < STEPS; s += SNAP)); do
     for arm in $ARMS; do eval_one "$arm" "$s" "$N"; done
 done
