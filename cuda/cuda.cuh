@@ -78,6 +78,41 @@ static inline unsigned grid_for(size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
          i += (size_t)gridDim.x * blockDim.x)
 
+// Elementwise kernels four elements at a time: float4 loads and stores (one 16-byte access instead of
+// four) over the n4 quads i = 4q..4q+3, then the n - 4 n4 tail elements one at a time. n4 = n / 4
+// when every pointer the kernel accesses is 16-byte aligned (vec4_quads), else 0: all scalar.
+// The grid: enough blocks for one pass over the quads, at most one wave of resident blocks (8 of
+// 256 threads on each of the CU_SMS multiprocessors); the threads stride over the rest.
+static const unsigned CU_SMS = 132; // streaming multiprocessors of an H100 SXM (an H200 has as many)
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+static inline size_t vec4_quads(size_t n, bool aligned) { return aligned ? n / 4 : 0; }
+static inline unsigned grid_for_quads(size_t n4, size_t n) {
+    const size_t items = n4 + (n - 4 * n4), b = (items + CU_THREADS - 1) / CU_THREADS;
+    return b == 0 ? 1u : b > 8 * CU_SMS ? 8 * CU_SMS : (unsigned)b;
+}
+#define CU_FOR_TAIL(i, n4, n)                                                                      \
+    for (size_t i = 4 * (n4) + (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);           \
+         i += (size_t)gridDim.x * blockDim.x)
+// Quad q of p (the emulator checks the alignment and copies bytes: no aliasing of float as float4).
+__device__ static inline float4 ld4(const float *p, size_t q) {
+#ifdef MSD_CUDA_EMU
+    emu_check_aligned16(p + 4 * q);
+    float4 v;
+    memcpy(&v, p + 4 * q, sizeof v);
+    return v;
+#else
+    return reinterpret_cast<const float4 *>(p)[q];
+#endif
+}
+__device__ static inline void st4(float *p, size_t q, float4 v) {
+#ifdef MSD_CUDA_EMU
+    emu_check_aligned16(p + 4 * q);
+    memcpy(p + 4 * q, &v, sizeof v);
+#else
+    reinterpret_cast<float4 *>(p)[q] = v;
+#endif
+}
+
 // Reductions over the threads of a one-dimensional block whose size is a multiple of 32 (a whole
 // number of warps), at most 1024: each warp reduces its 32 values by a butterfly of register
 // shuffles (__shfl_xor_sync, no barrier), lane 0 of each warp puts the warp's result in shared

@@ -210,6 +210,10 @@ void emu_warp_exchange(const void *mine, void *theirs, size_t bytes, unsigned ma
     wait_as(AT_WARP_SYNC); // every lane has read: the slots may be reused
 }
 
+void emu_check_aligned16(const void *p) {
+    if ((uintptr_t)p % 16 != 0) die("float4 access at an address that is not 16-byte aligned");
+}
+
 void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<void()> &body) {
     kernel_name = name;
     const unsigned n = block.x * block.y * block.z;

@@ -42,6 +42,9 @@ struct dim3 {
     unsigned x, y, z;
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 extern uint3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
 static const int warpSize = 32;
@@ -80,6 +83,8 @@ static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline double __dmul_rn(double a, double b) { return a * b; }
 static inline double __dadd_rn(double a, double b) { return a + b; }
 static inline float __ldg(const float *p) { return *p; }
+// A float4 access at p must be 16-byte aligned (a fault on the device): aborts otherwise.
+void emu_check_aligned16(const void *p);
 
 // ---------------------------------------------------------------------------------------------------
 // The runtime calls cuda/ makes, on host memory.
