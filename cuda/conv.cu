@@ -11,7 +11,8 @@
 // where im2col(x)[(c, t), (n, p)] = x[n, c, p + off(t)], zero outside the image (off(t) the flat
 // offset of tap t = i*K + j: (i - P)*W + (j - P)), and flip(w)^T[c, (o, t)] = w[o, c, KK-1-t]. Neither
 // im2col nor flip(w)^T exists in memory: the loaders below compute the index of every element as they
-// load a tile. db rides on the dw GEMM as one more column of im2col(x)^T, all ones:
+// load a tile. db rides on the dw GEMM as one more column of im2col(x)^T, all ones, where the tiles
+// have a spare column for it (gemm.cuh's bias_column_free; else two small kernels sum it):
 //   [dw | db] (OC, C*KK + 1) += dy (OC, N*HW) x [im2col(x)^T | 1] (N*HW, C*KK + 1).
 //
 // What differs from ref/conv.c:
@@ -21,7 +22,9 @@
 //   - A tap that falls in the padding contributes 0 * (the other factor) where ref/ skips it; the two
 //     differ only when that factor is Inf or NaN (w for y and dx, dy for dw): here the term is NaN,
 //     in ref/ it is absent. NaN/Inf in x (for y, dw) or dy (for dx) propagate as in ref/.
-//   - db is dw's GEMM column of ones: a float sum within each reduction chunk, chunks added in double.
+//   - db is dw's GEMM column of ones: a float sum within each reduction chunk, chunks added in double;
+//     or, where that column would cost a tile, summed in double per (channel, group of samples), the
+//     groups then added in order.
 #include <limits.h>
 
 #include "gemm.cuh"
@@ -190,6 +193,35 @@ struct out_conv {
 };
 
 // ---------------------------------------------------------------------------------------------------
+// The bias gradient where it cannot ride on dw's GEMM (gemm.cuh's bias_column_free)
+
+// db, in two passes. First part[o * S + s] = sum over samples [s*G, min(N, (s+1)*G)) and pixels of
+// dy[n, o, p], in double, one block per (o, s) = (blockIdx.x, blockIdx.y); then db[o] += the S parts
+// in order. G is chosen so that a block sums a few thousand elements.  dy: (N, OC, HW)
+__global__ static void bias_grad_part_kernel(double *part, const float *dy, int N, int OC, int HW, int G) {
+    const int o = blockIdx.x, s = blockIdx.y, n0 = s * G, count = (N - n0 < G ? N - n0 : G) * HW;
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        const int n = n0 + i / HW, p = i % HW;
+        acc += dy[((size_t)n * OC + o) * HW + p];
+    }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) part[(size_t)o * gridDim.y + s] = acc;
+}
+__global__ static void bias_grad_finish_kernel(float *db, const double *part, int OC, int S) {
+    CU_FOR(o, (size_t)OC) {
+        double acc = 0.0;
+        for (int s = 0; s < S; s++) acc += part[o * S + s];
+        db[o] += (float)acc;
+    }
+}
+static const int BIAS_GRAD_ELEMS = 4096; // per block of bias_grad_part_kernel, about
+static int bias_grad_group(int N, int HW) {
+    const int g = BIAS_GRAD_ELEMS / HW;
+    return g < 1 ? 1 : g > N ? N : g;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // The ops
 
 static void check_dims(int N, int C, int H, int W, int OC, int K) {
@@ -219,8 +251,8 @@ void cu_conv2d_forward(float *y, const float *x, const float *w, const float *b,
 // Forward was y[n, o, p] = b[o] + sum_{c, t} w[o, c, t] x[n, c, p + off(t)], so
 //   dx[n, c, p] = sum_{o, t} w[o, c, t] dy[n, o, p - off(t)] = sum_{o, t} w[o, c, KK-1-t] dy[n, o, p + off(t)]
 //   dw[o, c, t] += sum_{n, p} dy[n, o, p] x[n, c, p + off(t)];   db[o] += sum_{n, p} dy[n, o, p]
-// (off(KK-1-t) = -off(t): the taps are symmetric about the centre.) Only dw's split partials use
-// cu_scratch().
+// (off(KK-1-t) = -off(t): the taps are symmetric about the centre.) dw's split partials, then db's
+// (where db is not dw's column of ones), share cu_scratch() one after the other in stream order.
 template <int KS>
 static void conv_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                           const float *w, int N, int C, int H, int W, int OC) {
@@ -231,9 +263,21 @@ static void conv_backward(float *dx, float *dw, float *db, const float *dy, cons
         gemm("conv2d_backward_dx", pick_tiles(C, cols, true), flip_t<KS>(w, C), im2col<KS>(dy, N, OC, H, W), out,
              C, cols, OC * KK, OC * KK, 1);
     }
-    const size_t part_n = split_scratch_floats(OC, C * KK + (db ? 1 : 0), cols);
-    gemm_accumulate_split("conv2d_backward_dw", dw, db, part_n ? cu_scratch(part_n) : NULL,
-                          im2col_t<1, false>(dy, OC, H, W), im2col_t<KS, true>(x, C, H, W), OC, C * KK, cols);
+    const bool db_column = db && bias_column_free(OC, C * KK);
+    const int G = bias_grad_group(N, HW), S = (int)cdiv(N, G); // db's sample groups, without the column
+    const size_t part_n = split_scratch_floats(OC, C * KK + (db_column ? 1 : 0), cols),
+                 db_n = db && !db_column ? 2 * (size_t)OC * S : 0; // S doubles per channel
+    const size_t need = part_n > db_n ? part_n : db_n;
+    float *scratch = need ? cu_scratch(need) : NULL;
+    gemm_accumulate_split("conv2d_backward_dw", dw, db_column ? db : NULL, scratch, im2col_t<1, false>(dy, OC, H, W),
+                          im2col_t<KS, true>(x, C, H, W), OC, C * KK, cols);
+    if (db && !db_column) {
+        double *part = (double *)(void *)scratch; // cudaMalloc memory: aligned for doubles
+        launch("conv2d_bias_grad", bias_grad_part_kernel, dim3((unsigned)OC, (unsigned)S), CU_THREADS, part,
+               dy, N, OC, HW, G);
+        launch("conv2d_bias_grad_finish", bias_grad_finish_kernel, grid_for((size_t)OC), CU_THREADS, db,
+               (const double *)part, OC, S);
+    }
 }
 
 void cu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,

@@ -358,6 +358,14 @@ static inline size_t split_scratch_floats(int M, int N, int K) {
     const int s = split_plan(M, N, K, &t, &kchunk);
     return s > 1 ? (size_t)s * M * N : 0;
 }
+// Whether db as a column of ones costs the dw GEMM nothing: the tiles for M x (ncols + 1) span no
+// more columns than those for M x ncols (the column lands in the last tile's spare columns). Where
+// ncols fills its tiles exactly (e.g. 64: 128-wide tiles instead of 64), the column would add a tile
+// or widen them all, so the callers sum db with a kernel of their own instead.
+static inline bool bias_column_free(int M, int ncols) {
+    const long a = tile_n(pick_tiles(M, ncols, false)), b = tile_n(pick_tiles(M, ncols + 1, false));
+    return ncols > 0 && cdiv(ncols + 1, b) * b <= cdiv(ncols, a) * a;
+}
 template <class LA, class LB>
 static void gemm_accumulate_split(const char *name, float *dw, float *db, float *scratch, LA a, LB b, int M,
                                   int ncols, int K) {
