@@ -78,10 +78,50 @@ static inline unsigned grid_for(size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
          i += (size_t)gridDim.x * blockDim.x)
 
-// Reductions over the threads of a one-dimensional block whose size is a power of two <= 1024, by a
-// tree in shared memory: the same order on every run, so results are reproducible. Every thread of
-// the block must call them; every thread gets the result. block_max and block_min skip NaN (fmax and
-// fmin return the other operand), as ref's loops do.
+// Elementwise kernels four elements at a time: float4 loads and stores (one 16-byte access instead of
+// four) over the n4 quads i = 4q..4q+3, then the n - 4 n4 tail elements one at a time. n4 = n / 4
+// when every pointer the kernel accesses is 16-byte aligned (vec4_quads), else 0: all scalar.
+// The grid: enough blocks for one pass over the quads, at most one wave of resident blocks (8 of
+// 256 threads on each of the CU_SMS multiprocessors); the threads stride over the rest.
+static const unsigned CU_SMS = 132; // streaming multiprocessors of an H100 SXM (an H200 has as many)
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+static inline size_t vec4_quads(size_t n, bool aligned) { return aligned ? n / 4 : 0; }
+static inline unsigned grid_for_quads(size_t n4, size_t n) {
+    const size_t items = n4 + (n - 4 * n4), b = (items + CU_THREADS - 1) / CU_THREADS;
+    return b == 0 ? 1u : b > 8 * CU_SMS ? 8 * CU_SMS : (unsigned)b;
+}
+#define CU_FOR_TAIL(i, n4, n)                                                                      \
+    for (size_t i = 4 * (n4) + (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);           \
+         i += (size_t)gridDim.x * blockDim.x)
+// Quad q of p (the emulator checks the alignment and copies bytes: no aliasing of float as float4).
+__device__ static inline float4 ld4(const float *p, size_t q) {
+#ifdef MSD_CUDA_EMU
+    emu_check_aligned16(p + 4 * q);
+    float4 v;
+    memcpy(&v, p + 4 * q, sizeof v);
+    return v;
+#else
+    return reinterpret_cast<const float4 *>(p)[q];
+#endif
+}
+__device__ static inline void st4(float *p, size_t q, float4 v) {
+#ifdef MSD_CUDA_EMU
+    emu_check_aligned16(p + 4 * q);
+    memcpy(p + 4 * q, &v, sizeof v);
+#else
+    reinterpret_cast<float4 *>(p)[q] = v;
+#endif
+}
+
+// Reductions over the threads of a one-dimensional block whose size is a multiple of 32 (a whole
+// number of warps), at most 1024: each warp reduces its 32 values by a butterfly of register
+// shuffles (__shfl_xor_sync, no barrier), lane 0 of each warp puts the warp's result in shared
+// memory, and after one barrier every thread combines the warps' results in warp order. Two
+// barriers in all (the second so that the next call may reuse the slots), where a tree in shared
+// memory takes log2(threads) + 1. The order is fixed (lane 0's butterfly, then warps ascending), so
+// results are the same on every run. Every thread of the block must call them; every thread gets
+// the result. block_max and block_min skip NaN (fmax and fmin return the other operand), as ref's
+// loops do.
 struct cu_sum_op {
     template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
 };
@@ -91,18 +131,22 @@ struct cu_max_op {
 struct cu_min_op {
     template <typename T> __device__ T operator()(T a, T b) const { return a != a ? b : b != b ? a : a < b ? a : b; }
 };
+// The reduction of v over the 32 lanes of the calling warp (every lane must call it), as lane 0
+// forms it; the other lanes get the same value up to the order of op's operands.
+template <typename T, typename Op> __device__ static inline T warp_reduce(T v, Op op) {
+    for (int d = 16; d > 0; d /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, d));
+    return v;
+}
 template <typename T, typename Op>
 __device__ static inline T block_reduce(T v, Op op) {
-    __shared__ T part[1024];
-    const unsigned t = threadIdx.x;
-    part[t] = v;
+    __shared__ T part[32]; // one per warp
+    const unsigned t = threadIdx.x, warps = blockDim.x / 32;
+    v = warp_reduce(v, op);
+    if (t % 32 == 0) part[t / 32] = v;
     __syncthreads();
-    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
-        if (t < half) part[t] = op(part[t], part[t + half]);
-        __syncthreads();
-    }
     T r = part[0];
-    __syncthreads(); // nobody may write part[] again until everyone has read the result
+    for (unsigned w = 1; w < warps; w++) r = op(r, part[w]);
+    __syncthreads(); // nobody may write part[] again until everyone has read it
     return r;
 }
 // Threads for a block that reduces n values: the smallest power of two >= n in [32, 256] (the
@@ -113,6 +157,19 @@ static inline unsigned reduce_threads(size_t n) {
     return t;
 }
 template <typename T> __device__ static inline T block_sum(T v) { return block_reduce(v, cu_sum_op()); }
+// Two sums at once (*a and *b become their block sums), each in block_sum's order, with the two
+// barriers of one.
+template <typename T> __device__ static inline void block_sum2(T *a, T *b) {
+    __shared__ T part[32][2];
+    const unsigned t = threadIdx.x, warps = blockDim.x / 32;
+    const T va = warp_reduce(*a, cu_sum_op()), vb = warp_reduce(*b, cu_sum_op());
+    if (t % 32 == 0) part[t / 32][0] = va, part[t / 32][1] = vb;
+    __syncthreads();
+    T ra = part[0][0], rb = part[0][1];
+    for (unsigned w = 1; w < warps; w++) ra += part[w][0], rb += part[w][1];
+    __syncthreads();
+    *a = ra, *b = rb;
+}
 template <typename T> __device__ static inline T block_max(T v) { return block_reduce(v, cu_max_op()); }
 template <typename T> __device__ static inline T block_min(T v) { return block_reduce(v, cu_min_op()); }
 

@@ -1,5 +1,6 @@
 // cuda/elementwise.cu: SiLU, channel concat/split, add, scale, axpby, per-(sample, channel) bias, and
-// the per-sample row ops, as grid-stride kernels (one thread per element, cuda.cuh's CU_FOR).
+// the per-sample row ops, as grid-stride kernels (cuda.cuh's CU_FOR; silu, add, scale, axpby and
+// bias_add_forward four elements at a time where their pointers are 16-byte aligned).
 //
 // What differs from ref/elementwise.c: nothing in the arithmetic except the sums and, on the device,
 // SiLU: computed in double as ref does (the op is memory-bound, so double costs nothing visible), but
@@ -12,22 +13,37 @@ namespace MSD_CUDA_NS {
 // ---------------------------------------------------------------------------------------------------
 // SiLU
 
-__global__ static void silu_forward_kernel(float *y, const float *x, size_t n) {
-    CU_FOR(i, n) y[i] = (float)(x[i] / (1.0 + exp(-(double)x[i])));
+// The kernels below go four elements at a time where their pointers allow (cuda.cuh's ld4, st4,
+// CU_FOR_TAIL): the same arithmetic on each element as the one-at-a-time tail.
+
+__device__ static inline float silu(float x) { return (float)(x / (1.0 + exp(-(double)x))); }
+__global__ static void silu_forward_kernel(float *y, const float *x, size_t n4, size_t n) {
+    CU_FOR(q, n4) {
+        const float4 v = ld4(x, q);
+        st4(y, q, float4{silu(v.x), silu(v.y), silu(v.z), silu(v.w)});
+    }
+    CU_FOR_TAIL(i, n4, n) y[i] = silu(x[i]);
 }
 void cu_silu_forward(float *y, const float *x, size_t n) {
-    if (n) launch("silu_forward", silu_forward_kernel, grid_for(n), CU_THREADS, y, x, n);
+    const size_t n4 = vec4_quads(n, aligned16(y) && aligned16(x));
+    if (n) launch("silu_forward", silu_forward_kernel, grid_for_quads(n4, n), CU_THREADS, y, x, n4, n);
 }
 
 // Forward was y = x s(x), so dy/dx = s (1 + x (1 - s)).
-__global__ static void silu_backward_kernel(float *dx, const float *dy, const float *x, size_t n) {
-    CU_FOR(i, n) {
-        double s = 1.0 / (1.0 + exp(-(double)x[i]));
-        dx[i] = (float)(dy[i] * s * (1.0 + x[i] * (1.0 - s)));
+__device__ static inline float silu_grad(float dy, float x) {
+    const double s = 1.0 / (1.0 + exp(-(double)x));
+    return (float)(dy * s * (1.0 + x * (1.0 - s)));
+}
+__global__ static void silu_backward_kernel(float *dx, const float *dy, const float *x, size_t n4, size_t n) {
+    CU_FOR(q, n4) {
+        const float4 g = ld4(dy, q), v = ld4(x, q);
+        st4(dx, q, float4{silu_grad(g.x, v.x), silu_grad(g.y, v.y), silu_grad(g.z, v.z), silu_grad(g.w, v.w)});
     }
+    CU_FOR_TAIL(i, n4, n) dx[i] = silu_grad(dy[i], x[i]);
 }
 void cu_silu_backward(float *dx, const float *dy, const float *x, size_t n) {
-    if (n) launch("silu_backward", silu_backward_kernel, grid_for(n), CU_THREADS, dx, dy, x, n);
+    const size_t n4 = vec4_quads(n, aligned16(dx) && aligned16(dy) && aligned16(x));
+    if (n) launch("silu_backward", silu_backward_kernel, grid_for_quads(n4, n), CU_THREADS, dx, dy, x, n4, n);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -66,38 +82,66 @@ void cu_concat_backward(float *da, float *db, const float *dy, int N, int CA, in
 // ---------------------------------------------------------------------------------------------------
 // Linear combinations
 
-__global__ static void add_kernel(float *y, const float *a, const float *b, size_t n) {
-    CU_FOR(i, n) y[i] = a[i] + b[i];
+__global__ static void add_kernel(float *y, const float *a, const float *b, size_t n4, size_t n) {
+    CU_FOR(q, n4) {
+        const float4 u = ld4(a, q), v = ld4(b, q);
+        st4(y, q, float4{u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w});
+    }
+    CU_FOR_TAIL(i, n4, n) y[i] = a[i] + b[i];
 }
 void cu_add(float *y, const float *a, const float *b, size_t n) {
-    if (n) launch("add", add_kernel, grid_for(n), CU_THREADS, y, a, b, n);
+    const size_t n4 = vec4_quads(n, aligned16(y) && aligned16(a) && aligned16(b));
+    if (n) launch("add", add_kernel, grid_for_quads(n4, n), CU_THREADS, y, a, b, n4, n);
 }
 
-__global__ static void scale_kernel(float *y, const float *x, float s, size_t n) {
-    CU_FOR(i, n) y[i] = s * x[i];
+__global__ static void scale_kernel(float *y, const float *x, float s, size_t n4, size_t n) {
+    CU_FOR(q, n4) {
+        const float4 v = ld4(x, q);
+        st4(y, q, float4{s * v.x, s * v.y, s * v.z, s * v.w});
+    }
+    CU_FOR_TAIL(i, n4, n) y[i] = s * x[i];
 }
 void cu_scale(float *y, const float *x, float s, size_t n) {
-    if (n) launch("scale", scale_kernel, grid_for(n), CU_THREADS, y, x, s, n);
+    const size_t n4 = vec4_quads(n, aligned16(y) && aligned16(x));
+    if (n) launch("scale", scale_kernel, grid_for_quads(n4, n), CU_THREADS, y, x, s, n4, n);
 }
 
 // Two products and a sum, each rounded as ref rounds them (no fused multiply-add).
-__global__ static void axpby_kernel(float *y, float a, const float *x, float b, size_t n) {
-    CU_FOR(i, n) y[i] = __fadd_rn(__fmul_rn(a, x[i]), __fmul_rn(b, y[i]));
+__device__ static inline float axpby1(float a, float x, float b, float y) {
+    return __fadd_rn(__fmul_rn(a, x), __fmul_rn(b, y));
+}
+__global__ static void axpby_kernel(float *y, float a, const float *x, float b, size_t n4, size_t n) {
+    CU_FOR(q, n4) {
+        const float4 u = ld4(x, q), v = ld4(y, q);
+        st4(y, q, float4{axpby1(a, u.x, b, v.x), axpby1(a, u.y, b, v.y), axpby1(a, u.z, b, v.z), axpby1(a, u.w, b, v.w)});
+    }
+    CU_FOR_TAIL(i, n4, n) y[i] = axpby1(a, x[i], b, y[i]);
 }
 void cu_axpby(float *y, float a, const float *x, float b, size_t n) {
-    if (n) launch("axpby", axpby_kernel, grid_for(n), CU_THREADS, y, a, x, b, n);
+    const size_t n4 = vec4_quads(n, aligned16(y) && aligned16(x));
+    if (n) launch("axpby", axpby_kernel, grid_for_quads(n4, n), CU_THREADS, y, a, x, b, n4, n);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Per-(sample, channel) bias
 
+// A quad's four elements lie in at most two rows of HW >= 4 (the host passes n4 = 0 for HW < 4):
+// row r of its first element, r + 1 from where the row ends.
 __global__ static void bias_add_forward_kernel(float *y, const float *x, const float *bias, size_t HW,
-                                               size_t n) {
-    CU_FOR(i, n) y[i] = x[i] + bias[i / HW];
+                                               size_t n4, size_t n) {
+    CU_FOR(q, n4) {
+        const size_t i = 4 * q, r = i / HW, e = (r + 1) * HW - i; // elements of row r from i on
+        const float b0 = bias[r], b1 = e < 4 ? bias[r + 1] : b0;
+        const float4 v = ld4(x, q);
+        st4(y, q, float4{v.x + b0, v.y + (e > 1 ? b0 : b1), v.z + (e > 2 ? b0 : b1), v.w + (e > 3 ? b0 : b1)});
+    }
+    CU_FOR_TAIL(i, n4, n) y[i] = x[i] + bias[i / HW];
 }
 void cu_bias_add_forward(float *y, const float *x, const float *bias, int N, int C, int HW) {
-    const size_t n = (size_t)N * C * HW;
-    if (n) launch("bias_add_forward", bias_add_forward_kernel, grid_for(n), CU_THREADS, y, x, bias, (size_t)HW, n);
+    const size_t n = (size_t)N * C * HW, n4 = vec4_quads(n, HW >= 4 && aligned16(y) && aligned16(x));
+    if (n)
+        launch("bias_add_forward", bias_add_forward_kernel, grid_for_quads(n4, n), CU_THREADS, y, x, bias,
+               (size_t)HW, n4, n);
 }
 
 // Forward was y[n, c, p] = x[n, c, p] + bias[n, c], so dbias[n, c] = sum_p dy[n, c, p]: one block per

@@ -51,10 +51,18 @@ asm(".pushsection .text\n"
 typedef ucontext_t context;
 #endif
 
+// Where a fiber stands when it is not running.
+enum fiber_state {
+    RUNNABLE,      // released: runs in the next pass
+    AT_BARRIER,    // waits at __syncthreads() for every thread of the block
+    AT_WARP_SYNC,  // waits inside a warp shuffle for every lane of its warp
+    DONE,          // the kernel body returned
+};
+
 struct fiber {
     context ctx;
     char *stack;
-    bool done;
+    fiber_state state;
 };
 
 std::vector<fiber> fibers;                  // one per thread of the running block
@@ -62,6 +70,8 @@ context scheduler;                          // where a fiber returns at a barrie
 unsigned current;                           // the running thread's flat index
 const std::function<void()> *kernel_body;   // what every thread runs
 const char *kernel_name;
+unsigned block_threads;                     // threads of the running block
+unsigned char warp_slots[1024][16];         // per thread: the value it offers in a warp shuffle
 
 #if EMU_ASAN
 // AddressSanitizer must be told about every stack switch, or it reports false stack errors.
@@ -99,7 +109,7 @@ void fiber_main() {
     __sanitizer_finish_switch_fiber(nullptr, &sched_bottom, &sched_size);
 #endif
     (*kernel_body)();
-    fibers[current].done = true;
+    fibers[current].state = DONE;
 #if EMU_ASAN
     __sanitizer_start_switch_fiber(nullptr, sched_bottom, sched_size); // this fiber ends
 #endif
@@ -110,7 +120,7 @@ void fiber_main() {
 
 // Make fiber f start at fiber_main when it is first switched to.
 void fiber_init(fiber &f) {
-    f.done = false;
+    f.state = RUNNABLE;
 #if EMU_ASAN
     // the frames that the stack's last thread abandoned at its end still carry their redzones
     __asan_unpoison_memory_region(f.stack, STACK_BYTES);
@@ -140,10 +150,9 @@ void set_thread(unsigned t) {
     threadIdx.z = t / (blockDim.x * blockDim.y);
 }
 
-} // namespace
-
-void __syncthreads() {
-    if (fibers.empty()) die("__syncthreads outside a launch");
+// The running fiber waits (as `why`) until the scheduler releases it.
+void wait_as(fiber_state why) {
+    fibers[current].state = why;
 #if EMU_ASAN
     void *fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, sched_bottom, sched_size);
@@ -152,6 +161,57 @@ void __syncthreads() {
 #if EMU_ASAN
     __sanitizer_finish_switch_fiber(fake, &sched_bottom, &sched_size);
 #endif
+}
+
+// After a pass in which every released thread ran until it waited or ended: release the warps whose
+// lanes all wait in a shuffle, else (no warp waiting) the block's barrier. False when every thread
+// has ended. Aborts where CUDA would hang or be undefined: a warp whose lanes stand in different
+// places while some wait in a shuffle, a barrier that some threads ended without reaching.
+bool release(unsigned n) {
+    bool warps = false;
+    for (unsigned base = 0; base < n; base += 32) {
+        const unsigned lanes = n - base < 32 ? n - base : 32;
+        unsigned at_shuffle = 0;
+        for (unsigned l = 0; l < lanes; l++) at_shuffle += fibers[base + l].state == AT_WARP_SYNC;
+        if (at_shuffle == 0) continue;
+        if (at_shuffle != lanes) die("warp shuffle not reached by every lane of the warp");
+        for (unsigned l = 0; l < lanes; l++) fibers[base + l].state = RUNNABLE;
+        warps = true;
+    }
+    if (warps) return true;
+    unsigned waiting = 0, ended = 0;
+    for (unsigned t = 0; t < n; t++) {
+        waiting += fibers[t].state == AT_BARRIER;
+        ended += fibers[t].state == DONE;
+    }
+    if (waiting == 0) return false;
+    if (ended > 0) die("__syncthreads not reached by every thread of the block");
+    for (unsigned t = 0; t < n; t++) fibers[t].state = RUNNABLE;
+    return true;
+}
+
+} // namespace
+
+void __syncthreads() {
+    if (fibers.empty() || !kernel_body) die("__syncthreads outside a launch");
+    wait_as(AT_BARRIER);
+}
+
+void emu_warp_exchange(const void *mine, void *theirs, size_t bytes, unsigned mask, int lane_mask, int width) {
+    if (fibers.empty() || !kernel_body) die("warp shuffle outside a launch");
+    if (mask != 0xffffffffu || width != 32) die("warp shuffle with a partial mask or width (emulated: full warps only)");
+    if (lane_mask < 0 || lane_mask > 31) die("warp shuffle: lane mask out of 0..31");
+    if (bytes > sizeof warp_slots[0]) die("warp shuffle of more than 16 bytes");
+    const unsigned base = current / 32 * 32;
+    if (base + 32 > block_threads) die("warp shuffle in a partial warp (block size not a multiple of 32)");
+    memcpy(warp_slots[current], mine, bytes);
+    wait_as(AT_WARP_SYNC); // every lane has offered its value
+    memcpy(theirs, warp_slots[base + ((current % 32) ^ (unsigned)lane_mask)], bytes);
+    wait_as(AT_WARP_SYNC); // every lane has read: the slots may be reused
+}
+
+void emu_check_aligned16(const void *p) {
+    if ((uintptr_t)p % 16 != 0) die("float4 access at an address that is not 16-byte aligned");
 }
 
 void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<void()> &body) {
@@ -166,9 +226,10 @@ void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<voi
         const size_t page = (size_t)sysconf(_SC_PAGESIZE);
         char *s = (char *)mmap(nullptr, STACK_BYTES + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (s == MAP_FAILED || mprotect(s, page, PROT_NONE) != 0) die("out of memory for thread stacks");
-        fibers.push_back(fiber{context{}, s + page, false});
+        fibers.push_back(fiber{context{}, s + page, DONE});
     }
     kernel_body = &body;
+    block_threads = n;
     gridDim = grid;
     blockDim = block;
     for (unsigned bz = 0; bz < grid.z; bz++)
@@ -176,20 +237,15 @@ void emu_launch(const char *name, dim3 grid, dim3 block, const std::function<voi
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
                 for (unsigned t = 0; t < n; t++) fiber_init(fibers[t]);
-                // Phases: every live thread runs to its next barrier or its end. A phase where some
-                // threads wait at a barrier and others ended is a divergent barrier.
-                for (;;) {
-                    unsigned waiting = 0, ended = 0;
+                // Passes: every released thread runs to its next barrier, shuffle or end; then
+                // release() lets the next ones go (and aborts on a divergent barrier or shuffle).
+                do {
                     for (unsigned t = 0; t < n; t++) {
-                        if (fibers[t].done) continue;
+                        if (fibers[t].state != RUNNABLE) continue;
                         set_thread(t);
                         enter_fiber(t);
-                        if (fibers[t].done) ended++;
-                        else waiting++;
                     }
-                    if (waiting == 0) break;
-                    if (ended > 0) die("__syncthreads not reached by every thread of the block");
-                }
+                } while (release(n));
             }
     kernel_body = nullptr;
 }

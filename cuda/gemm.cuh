@@ -14,7 +14,7 @@
 // registers while the current one is multiplied, then stored into the other buffer: one barrier per
 // step). Blocks along z take
 // consecutive chunks of K (split-K); each chunk's sums go to their own slice of the output (partials
-// in cu_scratch()), which sum_partials then adds up in chunk order, so results never depend on
+// in cu_scratch()), which sum_partials then adds up in a fixed order, so results never depend on
 // scheduling. No atomics anywhere.
 //
 // Order of sums, versus ref/ (which accumulates each output in double, k ascending): each thread sums
@@ -95,14 +95,18 @@ struct mat_k {
     }
 };
 
-// Element (mn, k) at p[k * ld + mn], mn < cols: contiguous along mn.
+// Element (mn, k) at p[k * ld + mn], mn < cols: contiguous along mn. With `ones`, one more column
+// mn = cols holds 1 at every k < kend (a GEMM's column there is then the row sums of the other
+// operand: a bias gradient).
 struct mat_mn {
     static const tile_order order = MN_FAST;
     const float *p;
     int ld, cols;
+    bool ones;
     int mn, krow; // this thread's row/column and first k offset
 
-    mat_mn(const float *p_, int ld_, int cols_) : p(p_), ld(ld_), cols(cols_), mn(0), krow(0) {}
+    mat_mn(const float *p_, int ld_, int cols_, bool ones_ = false)
+        : p(p_), ld(ld_), cols(cols_), ones(ones_), mn(0), krow(0) {}
     template <int BMN> __device__ void begin(int mn0, int, int tid) {
         mn = mn0 + tid % BMN;
         krow = tid / BMN;
@@ -111,7 +115,7 @@ struct mat_mn {
         CU_UNROLL
         for (int i = 0; i < tile_share<BMN>::n; i++) {
             const int k = k0 + krow + i * (GEMM_THREADS / BMN);
-            r[i] = k < kend && mn < cols ? p[k * ld + mn] : 0.0f;
+            r[i] = k >= kend ? 0.0f : mn < cols ? p[k * ld + mn] : ones && mn == cols ? 1.0f : 0.0f;
         }
     }
 };
@@ -132,6 +136,23 @@ struct out_rows {
     __device__ void put(int m, int c, int n, float v) const {
         float *q = y + blockIdx.z * zstride + (size_t)m * ld + c;
         if (bias) v += bias[n];
+        *q = accumulate ? *q + v : v;
+    }
+};
+
+// A parameter gradient, C = [dw | db] (M x (ncols + 1)) or dw alone (M x ncols): C[m, n] -> w[m * ncols
+// + n] for n < ncols, -> b[m] for n = ncols (the bias gradient, when the B operand has that column
+// of ones), both + z * zstride (z = blockIdx.z, the reduction chunk); added to what they hold when
+// `accumulate`. Split partials use one slice per chunk: w = the slice, b = the slice + M * ncols.
+struct out_grad {
+    float *w, *b;
+    int ncols;
+    size_t zstride;
+    bool accumulate;
+
+    __device__ int col(int n) const { return n; }
+    __device__ void put(int m, int, int n, float v) const {
+        float *q = (n < ncols ? w + (size_t)m * ncols + n : b + m) + blockIdx.z * zstride;
         *q = accumulate ? *q + v : v;
     }
 };
@@ -292,22 +313,40 @@ static void gemm(const char *name, gemm_tiles t, LA a, LB b, OUT out, int M, int
     }
 }
 
-// dst[i] += sum_{s < S} part[s * n + i], s ascending, in double, rounded once.
-__global__ static void sum_partials_kernel(float *dst, const float *part, int S, size_t n) {
-    CU_FOR(i, n) {
-        double acc = 0.0;
-        for (int s = 0; s < S; s++) acc += part[(size_t)s * n + i];
-        dst[i] += (float)acc;
+// dst[i] += sum_{s < S} part[s * n + i] for i < n1, dst2[i - n1] += the same for n1 <= i < n: in
+// double, rounded once. Block: 32 outputs i (lane l = threadIdx % 32) times 8 interleaved chunk sets
+// r = threadIdx / 32 (s = r, r + 8, ...), so that a warp reads 128 contiguous bytes per load and
+// every thread has S / 8 loads in flight rather than one output's S loads in a chain; the 8
+// partial sums meet in shared memory and are added in order of r.
+static const int SUM_PARTIALS_SETS = 8;
+__global__ static void sum_partials_kernel(float *dst, size_t n1, float *dst2, const float *part, int S, size_t n) {
+    __shared__ double sets[SUM_PARTIALS_SETS][32];
+    const int l = threadIdx.x % 32, r = threadIdx.x / 32;
+    const size_t i = (size_t)blockIdx.x * 32 + l;
+    double acc = 0.0;
+    if (i < n)
+        for (int s = r; s < S; s += SUM_PARTIALS_SETS) acc += part[(size_t)s * n + i];
+    sets[r][l] = acc;
+    __syncthreads();
+    if (r == 0 && i < n) {
+        double sum = 0.0;
+        for (int q = 0; q < SUM_PARTIALS_SETS; q++) sum += sets[q][l];
+        float *d = i < n1 ? dst + i : dst2 + (i - n1);
+        *d += (float)sum;
     }
 }
-static inline void sum_partials(float *dst, const float *part, int S, size_t n) {
-    if (n) launch("sum_partials", sum_partials_kernel, grid_for(n), CU_THREADS, dst, part, S, n);
+static inline void sum_partials(float *dst, size_t n1, float *dst2, const float *part, int S, size_t n) {
+    if (n)
+        launch("sum_partials", sum_partials_kernel, (unsigned)cdiv((long)n, 32), 32 * SUM_PARTIALS_SETS, dst, n1,
+               dst2, part, S, n);
 }
 
-// A parameter gradient dw (M x N, row-major) += A B, split over the reduction when the output alone
-// cannot fill the device: partials in cu_scratch() (split_scratch_floats(...) of them, which the
-// caller reserves together with its other scratch needs), then added in chunk order. The tiles are
-// chosen by the output's shape alone (the split supplies the blocks).
+// A parameter gradient dw (M x ncols, row-major) += A B, and db (M) += the column ncols of A B when
+// db is not NULL (B must then have that column: ones, so that it holds the row sums of A), split
+// over the reduction when the output alone cannot fill the device: partials in cu_scratch()
+// (split_scratch_floats(...) of them, which the caller reserves together with its other scratch
+// needs; N = ncols + 1 with db), then added in chunk order. The tiles are chosen by the output's
+// shape alone (the split supplies the blocks).
 static inline int split_plan(int M, int N, int K, gemm_tiles *t, int *kchunk) {
     *t = pick_tiles(M, N, false);
     return pick_splits(cdiv(M, tile_m(*t)) * cdiv(N, tile_n(*t)), K, (long)M * N, kchunk);
@@ -319,20 +358,30 @@ static inline size_t split_scratch_floats(int M, int N, int K) {
     const int s = split_plan(M, N, K, &t, &kchunk);
     return s > 1 ? (size_t)s * M * N : 0;
 }
+// Whether db as a column of ones costs the dw GEMM nothing: the tiles for M x (ncols + 1) span no
+// more columns than those for M x ncols (the column lands in the last tile's spare columns). Where
+// ncols fills its tiles exactly (e.g. 64: 128-wide tiles instead of 64), the column would add a tile
+// or widen them all, so the callers sum db with a kernel of their own instead.
+static inline bool bias_column_free(int M, int ncols) {
+    const long a = tile_n(pick_tiles(M, ncols, false)), b = tile_n(pick_tiles(M, ncols + 1, false));
+    return ncols > 0 && cdiv(ncols + 1, b) * b <= cdiv(ncols, a) * a;
+}
 template <class LA, class LB>
-static void gemm_accumulate_split(const char *name, float *dw, float *scratch, LA a, LB b, int M, int N,
-                                  int K) {
+static void gemm_accumulate_split(const char *name, float *dw, float *db, float *scratch, LA a, LB b, int M,
+                                  int ncols, int K) {
+    const int N = ncols + (db ? 1 : 0);
     if ((long)M * N == 0) return;
     gemm_tiles t;
     int kchunk;
     const int s = split_plan(M, N, K, &t, &kchunk);
     if (s == 1) {
-        const out_rows out = {dw, NULL, N, 0, true};
+        const out_grad out = {dw, db, ncols, 0, true};
         gemm(name, t, a, b, out, M, N, K, kchunk, 1);
     } else {
-        const out_rows out = {scratch, NULL, N, (size_t)M * N, false};
+        const size_t nw = (size_t)M * ncols;
+        const out_grad out = {scratch, scratch + nw, ncols, (size_t)M * N, false};
         gemm(name, t, a, b, out, M, N, K, kchunk, s);
-        sum_partials(dw, scratch, s, (size_t)M * N);
+        sum_partials(dw, nw, db, scratch, s, (size_t)M * N);
     }
 }
 

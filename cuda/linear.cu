@@ -1,5 +1,6 @@
 // cuda/linear.cu: fully connected layer, y = x w^T + b (torch's weight layout (OUT, IN)), as three
-// GEMMs on gemm.cuh's tiled kernel, plus the bias gradient. Computes the functions of ref/linear.c.
+// GEMMs on gemm.cuh's tiled kernel (the bias gradient is one more column of dw's). Computes the
+// functions of ref/linear.c.
 // Gradients: parameters accumulate (dw +=, db +=), activations are written (dx =).
 //
 //   forward  y (N, OUT)    = x (N, IN)      x w^T (IN, OUT)    A = x, B = w read along IN
@@ -8,7 +9,8 @@
 //
 // What differs from ref/linear.c: each output is a float sum over k ascending (gemm.cuh), not a double
 // one, and the bias is added to the float sum; dw's reduction over N may be split into chunks
-// (partials in cu_scratch(), added in chunk order in double). db is summed in double over eight
+// (partials in cu_scratch(), added in chunk order in double). db is dw's GEMM column of ones beside x,
+// summed the same way, where the tiles have a spare column for it; else in double over eight
 // interleaved subsequences of the samples, which are then added in order.
 #include <limits.h>
 
@@ -32,7 +34,8 @@ void cu_linear_forward(float *y, const float *x, const float *w, const float *b,
          IN, 1);
 }
 
-// Forward was y[n, o] = b[o] + sum_i w[o, i] x[n, i], so db[o] += sum_n dy[n, o]. Block: 32 outputs
+// db where it cannot ride on dw's GEMM (gemm.cuh's bias_column_free). Forward was y[n, o] = b[o] +
+// sum_i w[o, i] x[n, i], so db[o] += sum_n dy[n, o]. Block: 32 outputs
 // o (lane l = threadIdx % 32) times 8 interleaved sample sets r = threadIdx / 32, n = r, r + 8, ...;
 // the 8 partial sums meet in shared memory and are added in order of r.  dy: (N, OUT)
 __global__ static void linear_bias_grad_kernel(float *db, const float *dy, int N, int OUT) {
@@ -61,10 +64,12 @@ void cu_linear_backward(float *dx, float *dw, float *db, const float *dy, const 
         gemm("linear_backward_dx", pick_tiles(N, IN, true), mat_k(dy, OUT, N), mat_mn(w, IN, IN), out, N,
              IN, OUT, OUT, 1);
     }
-    const size_t part_n = split_scratch_floats(OUT, IN, N);
-    gemm_accumulate_split("linear_backward_dw", dw, part_n ? cu_scratch(part_n) : NULL,
-                          mat_mn(dy, OUT, OUT), mat_mn(x, IN, IN), OUT, IN, N);
-    if (db && OUT > 0)
+    // db rides on dw's GEMM as a column of ones beside x, [dw | db] += dy^T [x | 1], where it is free
+    const bool db_column = db && bias_column_free(OUT, IN);
+    const size_t part_n = split_scratch_floats(OUT, IN + (db_column ? 1 : 0), N);
+    gemm_accumulate_split("linear_backward_dw", dw, db_column ? db : NULL, part_n ? cu_scratch(part_n) : NULL,
+                          mat_mn(dy, OUT, OUT), mat_mn(x, IN, IN, true), OUT, IN, N);
+    if (db && !db_column && OUT > 0)
         launch("linear_bias_grad", linear_bias_grad_kernel, (unsigned)cdiv(OUT, 32), GEMM_THREADS, db, dy, N,
                OUT);
 }

@@ -10,20 +10,23 @@
 //             groupnorm_dx_kernel       one block per (n, g): the group's two means from the CG
 //                                       channel sums, then dx elementwise (skipped when dx is NULL);
 //             groupnorm_params_kernel   one block per channel: dgamma, dbeta += the sums of the
-//                                       (n, c) partials over n (threads stride over n, then a tree).
+//                                       (n, c) partials over n (threads stride over n, then block_sum).
 // No atomics: every sum has a fixed order, so results repeat bit for bit from run to run.
 //
 // What differs from ref/norm.c:
 // - Every sum is in double as in ref, in another order: each thread of a block strides over its
-//   values, then block_sum's tree adds the threads' partials. The backward works from per-(n, c)
-//   sums as fast/ does (sum_g = sum_c gamma_c s1[n, c], sum_gx = sum_c gamma_c s2[n, c] rstd, and
-//   dgamma[c] = sum_n s2[n, c] rstd[n, g]) where ref adds the products element by element. Only
+//   values, then block_sum adds the threads' partials (warp butterflies, then warps in order). The
+//   backward works from per-(n, c) sums as fast/ does (sum_g = sum_c gamma_c s1[n, c], sum_gx =
+//   sum_c gamma_c s2[n, c] rstd, and dgamma[c] = sum_n s2[n, c] rstd[n, g]) where ref adds the
+//   products element by element. Only
 //   double rounding separates the two, so the saved mean and rstd agree with ref's to the float
 //   rounding, and the backward's sums to a few double ulps of their terms' magnitude.
 // - y and dx are ref's expressions in double from the float mean and rstd, rounded once to float;
 //   nvcc may fuse a double multiply and add into one FMA (one double rounding fewer than ref), which
 //   can move the float result only where the exact value lies within a double ulp of a rounding
 //   boundary. The emulator (g++ on x86-64 without FMA) evaluates ref's expressions exactly.
+#include <limits.h>
+
 #include "cuda.cuh"
 
 namespace MSD_CUDA_NS {
@@ -38,8 +41,8 @@ __global__ static void groupnorm_forward_kernel(float *y, float *mean, float *rs
                                                 const float *gamma, const float *beta, int C, int HW,
                                                 int G, float eps) {
     // y, x: (N, C, HW)  mean, rstd: (N, G)  gamma, beta: (C); block q = blockIdx.x = n G + g
-    const int CG = C / G, g = (int)(blockIdx.x % G);
-    const size_t M = (size_t)CG * HW, base = (size_t)blockIdx.x * M; // = (n C + g CG) HW
+    const int CG = C / G, g = (int)(blockIdx.x % G), M = CG * HW; // M < 2^31: checked by the caller
+    const size_t base = (size_t)blockIdx.x * M;                   // = (n C + g CG) HW
     const float *xg = x + base;
     float *yg = y + base;
 
@@ -49,21 +52,21 @@ __global__ static void groupnorm_forward_kernel(float *y, float *mean, float *rs
     const bool cached = M <= GN_CACHE;
     const float *xs = cached ? cache : xg;
     double sum = 0.0;
-    for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
+    for (int i = threadIdx.x; i < M; i += blockDim.x) {
         const float v = xg[i];
         if (cached) cache[i] = v;
         sum += v;
     }
     const double mu = block_sum(sum) / M; // (its barriers also publish the cache)
     double sq = 0.0; // two passes: no cancellation in the variance
-    for (size_t i = threadIdx.x; i < M; i += blockDim.x) sq += (xs[i] - mu) * (xs[i] - mu);
+    for (int i = threadIdx.x; i < M; i += blockDim.x) sq += (xs[i] - mu) * (xs[i] - mu);
     const double rs = 1.0 / sqrt(block_sum(sq) / M + eps);
 
     // y from the saved (float) statistics, as ref does
     const float mf = (float)mu, rf = (float)rs;
     if (threadIdx.x == 0) mean[blockIdx.x] = mf, rstd[blockIdx.x] = rf;
-    for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
-        const int c = g * CG + (int)(i / HW);
+    for (int i = threadIdx.x; i < M; i += blockDim.x) {
+        const int c = g * CG + i / HW;
         yg[i] = (float)(gamma[c] * ((xs[i] - (double)mf) * rf) + beta[c]);
     }
 }
@@ -72,6 +75,7 @@ void cu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, co
                           const float *beta, int N, int C, int HW, int G, float eps) {
     const size_t groups = (size_t)N * G, M = (size_t)(C / G) * HW;
     if (groups == 0 || M == 0) return;
+    CHECK(M <= INT_MAX, "groupnorm: a group of %zu values is too large for 32-bit indices", M);
     launch("groupnorm_forward", groupnorm_forward_kernel, (unsigned)groups, reduce_threads(M), y, mean,
            rstd, x, gamma, beta, C, HW, G, eps);
 }
@@ -95,8 +99,7 @@ __global__ static void channel_sums_kernel(double *s1, double *s2, const float *
         a += dyc[p];
         b += dyc[p] * (xc[p] - mu);
     }
-    a = block_sum(a);
-    b = block_sum(b);
+    block_sum2(&a, &b);
     if (threadIdx.x == 0) s1[blockIdx.x] = a, s2[blockIdx.x] = b;
 }
 
@@ -104,8 +107,8 @@ __global__ static void groupnorm_dx_kernel(float *dx, const double *s1, const do
                                            const float *dy, const float *mean, const float *rstd,
                                            const float *x, const float *gamma, int C, int HW, int G) {
     // dx, dy, x: (N, C, HW)  s1, s2: (N, C)  mean, rstd: (N, G)  gamma: (C); block q = n G + g
-    const int CG = C / G, n = (int)(blockIdx.x / G), g = (int)(blockIdx.x % G);
-    const size_t M = (size_t)CG * HW, base = (size_t)blockIdx.x * M;
+    const int CG = C / G, n = (int)(blockIdx.x / G), g = (int)(blockIdx.x % G), M = CG * HW;
+    const size_t base = (size_t)blockIdx.x * M;
     const double mu = mean[blockIdx.x], rs = rstd[blockIdx.x];
     // the group means; every thread forms them, in the same order (CG terms, no barrier needed)
     double sum_g = 0.0, sum_gx = 0.0;
@@ -115,8 +118,8 @@ __global__ static void groupnorm_dx_kernel(float *dx, const double *s1, const do
         sum_gx += gamma[c] * s2[(size_t)n * C + c] * rs;
     }
     const double mean_g = sum_g / M, mean_gx = sum_gx / M;
-    for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
-        const double gm = gamma[g * CG + (int)(i / HW)];
+    for (int i = threadIdx.x; i < M; i += blockDim.x) {
+        const double gm = gamma[g * CG + i / HW];
         const double xhat = (x[base + i] - mu) * rs;
         dx[base + i] = (float)(rs * (dy[base + i] * gm - mean_g - xhat * mean_gx));
     }
@@ -132,8 +135,7 @@ __global__ static void groupnorm_params_kernel(float *dgamma, float *dbeta, cons
         sum_dy += s1[(size_t)n * C + c];
         sum_dyx += s2[(size_t)n * C + c] * rstd[n * G + g];
     }
-    sum_dy = block_sum(sum_dy);
-    sum_dyx = block_sum(sum_dyx);
+    block_sum2(&sum_dy, &sum_dyx);
     if (threadIdx.x == 0) {
         dgamma[c] += (float)sum_dyx;
         dbeta[c] += (float)sum_dy;
@@ -145,6 +147,7 @@ void cu_groupnorm_backward(float *dx, float *dgamma, float *dbeta, const float *
                            int N, int C, int HW, int G) {
     const size_t NC = (size_t)N * C, M = (size_t)(C / G) * HW;
     if (NC == 0 || HW <= 0) return;
+    CHECK(M <= INT_MAX, "groupnorm: a group of %zu values is too large for 32-bit indices", M);
     double *s1 = (double *)cu_scratch(4 * NC), *s2 = s1 + NC; // (N, C) each
     launch("groupnorm_channel_sums", channel_sums_kernel, (unsigned)NC, reduce_threads((size_t)HW), s1, s2,
            dy, mean, x, C, HW, G);
