@@ -7,7 +7,8 @@
 #      next to PyTorch eager fp32 with TF32 off on the same GPU (bench/torch_compare.py), and msdiff's
 #      per-op timings at the mini shapes;
 #   5. torch_compare's check of `msdiff denoise --backend cuda` against PyTorch on every stage;
-# then prints a short table last. Logs go to $OUT (default /tmp/msd-device).
+# then prints a short table last. The summary goes to $OUT/summary.txt (default OUT /tmp/msd-device),
+# every log into $OUT/logs.tgz.
 #
 # Before a device run, on the development machine: bench/device-deps.sh (fetches the packages into
 # .device/debs), and carry .device with the run. Usage, from the repository root on the GPU machine:
@@ -78,7 +79,7 @@ if [ "${QUICK:-0}" != 1 ]; then
     for cfg in mini cifar10; do
         timeout 60 build/bench/bench --backends cuda --only train --preset "$cfg" --batch 128 --csv >> "$B" \
             2>> "$OUT/bench.err" || fail "bench train $cfg" "FAIL (exit $?; see bench.err)"
-        timeout 45 build/bench/bench --backends cuda --only sample --preset "$cfg" --batch 512 --csv >> "$B" \
+        timeout 120 build/bench/bench --backends cuda --only sample --preset "$cfg" --batch 512 --csv >> "$B" \
             2>> "$OUT/bench.err" || fail "bench sample $cfg" "FAIL (exit $?; see bench.err)"
     done
     grep '^# cuda' "$B" | head -n 1
@@ -141,6 +142,9 @@ if [ "${QUICK:-0}" != 1 ]; then
     } >> "$SUMMARY"
 fi
 step "done"
+# A device call returns at most 8 files: the logs travel as one archive beside the summary.
+(cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz --exclude=summary.txt -- * && find . -maxdepth 1 -type f \
+    ! -name logs.tgz ! -name summary.txt -delete)
 echo
 echo "==================== device-check summary ===================="
 cat "$SUMMARY"
