@@ -45,11 +45,11 @@ mkdir -p "$DIR"
 T0=$(date +%s)
 say() { echo "== [$(($(date +%s) - T0)) s] $*"; }
 {
-    echo "images=$IMAGES every=$EVERY batch=$BATCH n=$N n_final=$N_FINAL data=$DATA k=$K loss_images=$LOSS_IMAGES"
+    echo "$(date -u '+%Y-%m-%d %H:%M:%S UTC') images=$IMAGES every=$EVERY batch=$BATCH n=$N n_final=$N_FINAL data=$DATA k=$K loss_images=$LOSS_IMAGES"
     echo "train flags: ${TRAIN_FLAGS[*]} ${BE[*]}"
     "$MSDIFF" backends
     "$MSDIFF" version
-} > "$DIR/settings.txt"
+} >> "$DIR/settings.txt" # one block per invocation
 
 # The stage boundaries of Algorithm 1 on the training images (the ms-cluster arm).
 if [[ " $ARMS " == *" ms-cluster "* ]]; then
@@ -73,24 +73,29 @@ arm_flags() {
     esac
 }
 
+# The step a run folder's log has reached (0 without one).
+done_steps() { [ -s "$1/log.csv" ] && tail -n 1 "$1/log.csv" | cut -d, -f1 | grep -E '^[0-9]+$' || echo 0; }
+
 for arm in $ARMS; do
     flags=$(arm_flags "$arm")
     run="$DIR/$arm"
-    if [ -f "$run/$(printf 'ema-step%08d' "$STEPS").safetensors" ]; then
+    if [ "$(done_steps "$run")" -ge "$STEPS" ]; then
         say "$arm: already trained to $STEPS steps"
     elif [ -f "$run/state.safetensors" ]; then
         say "$arm: continuing to $STEPS steps"
-        # shellcheck disable=SC2086
-        "$MSDIFF" train --out "$run" --resume --steps "$STEPS" "${BE[@]}" --log-seconds 30 >> "$run/train.log" 2>&1
+        # a resumed run takes its snapshot interval again: run.json does not keep it
+        "$MSDIFF" train --out "$run" --resume --steps "$STEPS" --snapshot-every "$SNAP" --ckpt-every "$SNAP" \
+            "${BE[@]}" --log-seconds 30 >> "$run/train.log" 2>&1 || { tail -n 5 "$run/train.log" >&2; exit 1; }
     else
         say "$arm: training $STEPS steps of $BATCH ($flags)"
         rm -rf "$run"
         # shellcheck disable=SC2086
         "$MSDIFF" train --out "$run" --steps "$STEPS" --snapshot-every "$SNAP" --ckpt-every "$SNAP" \
-            "${TRAIN_FLAGS[@]}" "${BE[@]}" $flags > "$run.train.log" 2>&1 || { cat "$run.train.log" >&2; exit 1; }
-        mv "$run.train.log" "$run/train.log"
+            "${TRAIN_FLAGS[@]}" "${BE[@]}" $flags > "$DIR/$arm.train.log" 2>&1 ||
+            { cat "$DIR/$arm.train.log" >&2; exit 1; }
+        mv "$DIR/$arm.train.log" "$run/train.log"
     fi
-    tail -n 2 "$run/train.log"
+    tail -n 2 "$run/train.log" 2> /dev/null || true
     "$MSDIFF" info --model "$run/ema.safetensors" --json > "$run/info.json"
 done
 

@@ -4,8 +4,7 @@
 Reads DIR/<arm>/{eval-step*.json, info.json, log.csv, run.json} and writes
   DIR/results.csv  arm, step, images, training GFLOP so far, FD, samples, held-out loss per stage
   DIR/fd.svg       FD against images seen and against training FLOPs, one line per arm
-  DIR/results.md   the table: FD at every snapshot, cost per image, speed, and when each arm first
-                   reached the unified network's final FD
+  DIR/results.md   the table: FD at every snapshot, cost per image, speed
 Standard library only. Usage: bench/experiment_report.py DIR
 """
 import csv
@@ -37,7 +36,8 @@ def stage_probabilities(boundaries):
 def train_flop_per_image(info):
     """Expected training FLOPs per image: a step runs the forward pass, the input gradients and the
     weight gradients, each about the forward's multiply-adds, so 3 x 2 FLOP per MAC, weighted by how
-    often each stage's network is trained."""
+    often each stage's network is trained under the lognormal policy (bench/experiment.sh's; a run
+    with --policy uniform would need equal weights)."""
     macs = info["macs_per_image"]
     p = stage_probabilities(info["config"]["boundaries"]) if len(macs) > 1 else [1.0]
     return 6.0 * sum(pi * m for pi, m in zip(p, macs))
@@ -60,10 +60,17 @@ def read_arm(d, arm):
             "n": e["generated"], "losses": [s["loss"] for s in e.get("stages", [])],
         })
     rows.sort(key=lambda r: r["images"])
+    # Training time: log.csv's seconds restart with every process (a --resume), so add up the
+    # segments, each ending where the next one's clock starts again.
     log = list(csv.DictReader(open(os.path.join(run, "log.csv"))))
-    last = log[-1] if log else {}
-    seconds = float(last.get("seconds", "nan") or "nan")
-    seen = float(last.get("images", "nan") or "nan")
+    seconds, prev = 0.0, 0.0
+    for row in log:
+        t = float(row["seconds"])
+        if t < prev:
+            seconds += prev
+        prev = t
+    seconds += prev
+    seen = float(log[-1]["images"]) if log else float("nan")
     return {"arm": arm, "rows": rows, "flop": flop, "info": info, "seconds": seconds, "images": seen}
 
 
@@ -150,23 +157,20 @@ def main():
                     "loss_stage2"])
         for a in arms:
             for r in a["rows"]:
+                losses = [f"{x:.3f}" for x in r["losses"]][:3]
                 w.writerow([a["arm"], r["step"], r["images"], f"{r['train_gflop']:.1f}", f"{r['fd']:.4f}", r["n"]]
-                           + [f"{x:.3f}" for x in r["losses"]])
+                           + losses + [""] * (3 - len(losses)))
     plot(arms, os.path.join(d, "fd.svg"))
 
     points = sorted({r["images"] for a in arms for r in a["rows"]})
     md = ["| arm | " + " | ".join(f"{p / 1e3:g}k" for p in points) + " | GFLOP per training image | "
-          "training images/s | first at or below unified's final FD |",
-          "|---|" + "---:|" * (len(points) + 3)]
-    uni = next((a for a in arms if a["arm"] == "unified"), None)
-    target = uni["rows"][-1]["fd"] if uni else None
+          "training images/s |",
+          "|---|" + "---:|" * (len(points) + 2)]
     for a in arms:
         by = {r["images"]: r for r in a["rows"]}
         cells = [f"{by[p]['fd']:.2f}" if p in by else "" for p in points]
-        hit = next((r for r in a["rows"] if target is not None and r["fd"] <= target), None)
-        reach = f"{hit['images'] / 1e3:g}k images ({hit['images'] / uni['rows'][-1]['images']:.0%})" if hit else "not reached"
         speed = a["images"] / a["seconds"] if a["seconds"] > 0 else float("nan")
-        md.append(f"| {LABEL[a['arm']]} | " + " | ".join(cells) + f" | {a['flop'] / 1e9:.2f} | {speed:.0f} | {reach} |")
+        md.append(f"| {LABEL[a['arm']]} | " + " | ".join(cells) + f" | {a['flop'] / 1e9:.2f} | {speed:.0f} |")
     n_last = {a["arm"]: a["rows"][-1]["n"] for a in arms}
     n_mid = {r["n"] for a in arms for r in a["rows"][:-1]}
     md.append("")

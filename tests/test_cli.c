@@ -478,6 +478,20 @@ START_TEST(export_fp16) {
     FAILS(1, "F16", "export", "--model", big, "--out", out, "--fp16");
     ck_assert_msg(!test_exists(out), "a failed export left %s", out);
     FAILS(2, "--out", "export", "--model", src);
+
+    // a run folder means its ema.safetensors
+    const char *dir = test_subdir("exp-run"), *ema = test_path("exp-run/ema.safetensors");
+    const char *from_dir = test_path("exp-from-dir.safetensors");
+    ck_assert_msg(msd_checkpoint_save(&b, ema, NULL, NULL, 0) == 0, "%s", msd_last_error());
+    r = MSDIFF("export", "--model", dir, "--out", from_dir);
+    test_expect_ok(&r);
+    ck_assert_msg(strstr(r.out, "ema.safetensors") && strstr(r.out, "as F32"), "export of a folder printed: %s", r.out);
+    test_run_free(&r);
+    struct msd_model c;
+    ck_assert_msg(msd_checkpoint_load(&c, from_dir, &msd_backend_ref) == 0, "%s", msd_last_error());
+    ck_assert_msg(c.n_floats == b.n_floats && !memcmp(c.w, b.w, b.n_floats * sizeof(float)),
+                  "the F32 export of the folder's ema.safetensors changed its weights");
+    msd_model_free(&c);
     msd_model_free(&a);
     msd_model_free(&b);
 }

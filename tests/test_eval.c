@@ -2,7 +2,8 @@
 // with itself is ~0, it is symmetric in the two sets, a set against another set of the same kind is
 // far closer than against noise, and the FD the program prints is the one computed here through the
 // library (classifier features, Gaussian fits, common/fd.h) on the same images. With a model, eval
-// samples and reports the held-out loss of every stage. Bad input fails with a clear message.
+// samples and reports the held-out loss of every stage. Bad input fails with a clear message. The
+// shipped classifier and the shipped diffusion model (models/) are checked on Fashion-MNIST.
 //
 // The classifier is a freshly initialised one for 1 x 8 x 8 images, written by this suite: its features
 // are a fixed random function of the image, which is all the FD needs. The model is tiny-ms with one
@@ -21,8 +22,10 @@
 #include "../common/error.h"
 #include "../common/fd.h"
 #include "../common/model.h"
+#include "../common/precond.h"
 #include "../common/png.h"
 #include "../common/rng.h"
+#include "../common/safetensors.h"
 #include "../common/util.h"
 #include "testutil.h"
 
@@ -147,6 +150,80 @@ START_TEST(fmnist_shipped_classifier) {
 }
 END_TEST
 
+// The shipped diffusion model, what make demo samples (models/mini-ms-fmnist.safetensors): stored as
+// F16, the mini-ms network with the clustered boundaries of models/README.md, finite weights, and a
+// trained denoiser. On 16 test images y at sigma 0.5 and 2, D(y + sigma eps) must be far closer to y
+// than the noisy input is (mean squared error sigma^2) and than the same network freshly initialised
+// is (D ~ c_skip x there, an error of about 0.5 y + noise).
+static double shipped_mse(struct msd_model *m, const float *y, int n, size_t M, double sigma, double *noisy) {
+    float *x = xmalloc((size_t)n * M * sizeof(float)), *D = xmalloc((size_t)n * M * sizeof(float));
+    double sig[16], e_noisy = 0, e_d = 0;
+    for (size_t i = 0; i < (size_t)n * M; i++) x[i] = y[i] + (float)sigma * msd_rng_normal(7, MSD_STREAM_TEST, i);
+    for (int k = 0; k < n; k++) sig[k] = sigma;
+    const struct msd_backend *be = m->be;
+    float *dx = be->alloc((size_t)n * M), *dD = be->alloc((size_t)n * M);
+    ck_assert(dx && dD && msd_model_plan(m, n, false) == 0);
+    be->upload(dx, x, (size_t)n * M);
+    const struct msd_forward_opts o = {.train = false};
+    ck_assert_msg(msd_denoise_forward(m, dD, dx, sig, &o) == 0, "%s", msd_last_error());
+    be->download(D, dD, (size_t)n * M);
+    for (size_t i = 0; i < (size_t)n * M; i++) {
+        e_noisy += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+        e_d += ((double)D[i] - y[i]) * ((double)D[i] - y[i]);
+    }
+    be->release(dx);
+    be->release(dD);
+    free(x);
+    free(D);
+    *noisy = e_noisy / ((double)n * M);
+    return e_d / ((double)n * M);
+}
+
+START_TEST(shipped_diffusion_model) {
+    const char *path = "models/mini-ms-fmnist.safetensors";
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "%s", msd_last_error());
+    for (int i = 0; i < f.n_tensors; i++)
+        ck_assert_msg(!strcmp(f.tensors[i].dtype, "F16"), "%s: %s is %s, expected F16", path, f.tensors[i].name,
+                      f.tensors[i].dtype);
+    msd_st_free(&f);
+    const struct msd_backend *be = msd_cpu_has_avx2_fma() ? &msd_backend_fast : &msd_backend_ref;
+    struct msd_model m, fresh;
+    ck_assert_msg(msd_checkpoint_load(&m, path, be) == 0, "%s", msd_last_error());
+    ck_assert_msg(m.n_floats == 4325179 && m.cfg.n_stages == 3 && m.cfg.dec_channels[0] == 48 &&
+                      m.cfg.dec_channels[1] == 32 && m.cfg.dec_channels[2] == 8,
+                  "%s: %zu parameters, %d stages (expected mini-ms: 4325179, 3)", path, m.n_floats, m.cfg.n_stages);
+    ck_assert_msg(fabs(m.cfg.boundaries[0] - 1.12483) < 1e-5 && fabs(m.cfg.boundaries[1] - 6.40736) < 1e-5,
+                  "%s: boundaries %g, %g", path, (double)m.cfg.boundaries[0], (double)m.cfg.boundaries[1]);
+    float *w = xmalloc(m.n_floats * sizeof(float));
+    be->download(w, m.w, m.n_floats);
+    for (size_t i = 0; i < m.n_floats; i++) ck_assert_msg(isfinite(w[i]), "%s: weight %zu is %g", path, i, (double)w[i]);
+    free(w);
+    ck_assert(msd_model_create(&fresh, &m.cfg, be) == 0);
+    msd_model_init_weights(&fresh, 0);
+
+    struct msd_dataset d;
+    ck_assert_msg(msd_data_open(&d, "fmnist:test") == 0, "%s", msd_last_error());
+    enum { n = 16 };
+    const size_t M = 28 * 28;
+    float *y = xmalloc(n * M * sizeof(float));
+    msd_data_images(&d, y, 0, n);
+    for (int k = 0; k < 2; k++) {
+        const double sigma = k ? 2.0 : 0.5;
+        double noisy, noisy2;
+        const double e = shipped_mse(&m, y, n, M, sigma, &noisy), e0 = shipped_mse(&fresh, y, n, M, sigma, &noisy2);
+        printf("shipped model at sigma %g: mean squared error %.4f (noisy input %.4f, untrained network %.4f)\n",
+               sigma, e, noisy, e0);
+        ck_assert_msg(e < 0.25 * noisy && e < 0.5 * e0, "sigma %g: D's error %g is not far below the noisy "
+                      "input's %g and the untrained network's %g", sigma, e, noisy, e0);
+    }
+    free(y);
+    msd_data_free(&d);
+    msd_model_free(&fresh);
+    msd_model_free(&m);
+}
+END_TEST
+
 START_TEST(errors) {
     struct test_run r = MSDIFF("eval", "--ref", smooth_a, "--classifier", cls_file);
     TEST_EXPECT_FAIL(&r, 2, "--model", "--images");
@@ -208,6 +285,7 @@ int main(void) {
     if (msd_cpu_has_avx2_fma()) tcase_add_test(tc, fmnist_shipped_classifier);
     else printf("eval: the Fashion-MNIST check is skipped: it runs the shipped classifier on the fast backend, "
                 "and this CPU lacks AVX2/FMA\n");
+    tcase_add_test(tc, shipped_diffusion_model);
     suite_add_tcase(s, tc);
     const int rc = run_suite(s);
     test_tmpdir_remove();
