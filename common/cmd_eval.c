@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -22,6 +21,7 @@
 #include "fd.h"
 #include "model.h"
 #include "precond.h"
+#include "run.h"
 #include "sampler.h"
 #include "train.h"
 #include "util.h"
@@ -175,9 +175,7 @@ int cmd_eval(int argc, char **argv) {
         }
     } else if (rc == 0) {
         char path[4096];
-        struct stat sb;
-        snprintf(path, sizeof path, "%s", model);
-        if (stat(model, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(path, sizeof path, "%s/ema.safetensors", model);
+        msd_run_model_path(model, path, sizeof path);
         rc = msd_checkpoint_load(&m, path, be);
         have_model = rc == 0;
         if (rc == 0 && (m.cfg.in_channels != rd.channels || m.cfg.img_resolution != rd.res))

@@ -14,6 +14,7 @@
 #include "model.h"
 #include "png.h"
 #include "precond.h"
+#include "run.h"
 #include "sampler.h"
 #include "util.h"
 
@@ -157,9 +158,7 @@ int cmd_sample(int argc, char **argv) {
     }
     // the model: a checkpoint, or a run folder's EMA
     char path[4096];
-    struct stat sb;
-    snprintf(path, sizeof path, "%s", model);
-    if (stat(model, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(path, sizeof path, "%s/ema.safetensors", model);
+    msd_run_model_path(model, path, sizeof path);
     struct msd_model m;
     if (msd_checkpoint_load(&m, path, be) < 0) return free(seeds), free(sigmas), cmd_fail();
     if (outdir && mkdir(outdir, 0777) < 0 && errno != EEXIST) {

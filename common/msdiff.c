@@ -21,6 +21,7 @@
 #include "error.h"
 #include "model.h"
 #include "precond.h"
+#include "run.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -417,8 +418,7 @@ static int cmd_export(int argc, char **argv) {
     if (done) return rc;
     char path[4096];
     struct stat sb;
-    if (stat(model, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(path, sizeof path, "%s/ema.safetensors", model);
-    else snprintf(path, sizeof path, "%s", model);
+    msd_run_model_path(model, path, sizeof path);
     struct msd_model m;
     if (msd_checkpoint_load(&m, path, &msd_backend_ref)) return cmd_fail();
     const char *keys[] = {"source"}, *values[] = {path};

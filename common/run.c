@@ -35,6 +35,13 @@ static void path_in(char *buf, size_t size, const char *dir, const char *file) {
     CHECK(n > 0 && (size_t)n < size, "path too long: %s/%s", dir, file);
 }
 
+const char *msd_run_model_path(const char *model, char *buf, size_t size) {
+    struct stat sb;
+    if (stat(model, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(buf, size, "%s/ema.safetensors", model);
+    else snprintf(buf, size, "%s", model);
+    return buf;
+}
+
 // Paths in the run folder are built in fixed buffers; a folder name that long is refused up front.
 static int dir_ok(const char *dir) {
     if (strlen(dir) > 3000) return msd_set_error("run folder name is %zu characters long, expected at most 3000",

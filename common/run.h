@@ -35,6 +35,10 @@ int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct 
 // Write run.json for a new run (fails if the folder already holds a run: use --resume).
 int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, const struct msd_run_opts *r);
 
+// The checkpoint that --model names: a run folder means its ema.safetensors, anything else is the
+// path itself. Writes it into buf (size bytes) and returns buf.
+const char *msd_run_model_path(const char *model, char *buf, size_t size);
+
 // Read the data spec and step target recorded in DIR/run.json (for --resume without them).
 // *data is malloc'd. -1 with a message.
 int msd_run_read(const char *dir, char **data, long *steps);
