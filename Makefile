@@ -10,7 +10,8 @@
 
 CC ?= cc
 BUILD ?= build
-CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -pedantic -D_POSIX_C_SOURCE=200809L -MMD -MP
+# -I.: every file names the headers of common/ by their path from the repository root (common/core/...)
+CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -pedantic -D_POSIX_C_SOURCE=200809L -I. -MMD -MP
 LDLIBS := -lcjson -lpng -lz -lm
 
 # --- OpenMP: used when the compiler accepts it, unless NO_OMP=1 -----------------------------------
@@ -46,7 +47,7 @@ endif
 ifeq ($(CUDA_ON),1)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   # sm_90 machine code plus PTX, which the driver compiles for newer GPUs. No --use_fast_math.
-  NVCCFLAGS := -O3 -std=c++17 -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall -lineinfo -MMD -MP
+  NVCCFLAGS := -O3 -std=c++17 -I. -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall -lineinfo -MMD -MP
   CFLAGS_BASE += -DMSD_HAVE_CUDA
   # the static runtime: the program needs only the driver (libcuda) on the machine that runs it
   LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
@@ -58,7 +59,7 @@ endif
 CXX ?= g++
 # (no fused multiply-add: the emulator rounds every product and sum, which the tests' bit-for-bit checks
 # against ref rely on, whatever the compiler's default)
-CUEMU_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -ffp-contract=off -DMSD_CUDA_EMU -MMD -MP -x c++
+CUEMU_CXXFLAGS := -std=c++17 -I. -O2 -g -Wall -Wextra -ffp-contract=off -DMSD_CUDA_EMU -MMD -MP -x c++
 ifeq ($(SANITIZE),1)
   CUEMU_CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif
@@ -73,7 +74,7 @@ CFLAGS := $(CFLAGS_BASE) $(CFLAGS_EXTRA)
 LDFLAGS += $(LDFLAGS_EXTRA)
 
 # --- Sources -------------------------------------------------------------------------------------------
-LIB_SRCS := $(filter-out common/msdiff.c,$(wildcard common/*.c)) $(wildcard ref/*.c) $(wildcard fast/*.c)
+LIB_SRCS := $(filter-out common/cli/msdiff.c,$(wildcard common/*/*.c)) $(wildcard ref/*.c) $(wildcard fast/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CUDA_OBJS)
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:%.c=$(BUILD)/%)
@@ -115,7 +116,7 @@ $(BUILD)/libmsdiff.a: $(LIB_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-msdiff: $(BUILD)/common/msdiff.o $(BUILD)/libmsdiff.a
+msdiff: $(BUILD)/common/cli/msdiff.o $(BUILD)/libmsdiff.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL_OBJS) $(BUILD)/libmsdiff.a

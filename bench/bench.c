@@ -32,16 +32,16 @@
 #include <omp.h>
 #endif
 
-#include "../common/backend.h"
-#include "../common/config.h"
-#include "../common/data.h"
-#include "../common/error.h"
-#include "../common/model.h"
-#include "../common/precond.h"
-#include "../common/rng.h"
-#include "../common/sampler.h"
-#include "../common/train.h"
-#include "../common/util.h"
+#include "common/core/backend.h"
+#include "common/model/config.h"
+#include "common/io/data.h"
+#include "common/core/error.h"
+#include "common/model/model.h"
+#include "common/model/precond.h"
+#include "common/core/rng.h"
+#include "common/model/sampler.h"
+#include "common/model/train.h"
+#include "common/core/util.h"
 
 static struct {
     const char *backends; // comma-separated, or NULL for all available

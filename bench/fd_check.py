@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # bench/fd_check.py: the Frechet distance between two feature sets computed by numpy, an independent
-# check of common/fd.c (msdiff's Gaussian fit, Jacobi eigen-decomposition and symmetric square root).
+# check of common/eval/fd.c (msdiff's Gaussian fit, Jacobi eigen-decomposition and symmetric square root).
 #
 #     /usr/bin/python3 bench/fd_check.py FEATURES1.npy FEATURES2.npy [--want FD] [--rtol 1e-6]
 #
@@ -13,7 +13,7 @@
 #     fd_sqrtm = <value>     scipy.linalg.sqrtm(S1 S2) as pytorch-fid does it, when scipy is installed
 # and, with --want, whether FD = want to --rtol relative (exit 1 when not). This is how msdiff's C
 # computation is compared: tests/test_fd.c writes two feature sets as .npy, computes the FD with
-# common/fd.c, runs this script on the same files with --want and reads the `fd =` line.
+# common/eval/fd.c, runs this script on the same files with --want and reads the `fd =` line.
 # Exit status: 0, 1 (--want disagrees), 2 (bad arguments or files), 77 (numpy missing: a skip).
 # Not part of make check by itself; tests/test_fd.c runs it when /usr/bin/python3 has numpy.
 import argparse

@@ -11,7 +11,7 @@
 # What it holds, in order: safetensors I/O; the network (DESIGN.md section 4: EDM's SongUNet with the
 # DDPM++ settings, the authors' MultistageUNet, separate networks), following the computation DESIGN.md
 # describes and checked name for name against msdiff's checkpoints; EDM/VP preconditioning and the EDM loss
-# (PAPER.md section 3, common/precond.c); the three subcommands (compare, bench, selftest).
+# (PAPER.md section 3, common/model/precond.c); the three subcommands (compare, bench, selftest).
 # What it does not hold: any training data, samplers, or msdiff's own RNG (inputs come from numpy).
 import argparse
 import json
@@ -37,9 +37,9 @@ except ImportError as e:  # keep --help working; main() reports the error
     nn = types.SimpleNamespace(Module=object)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GN_EPS = 1e-6                   # every GroupNorm (common/unet.c)
+GN_EPS = 1e-6                   # every GroupNorm (common/model/unet.c)
 SKIP_SCALE = math.sqrt(0.5)     # EDM's skip_scale
-VP_BETA_D, VP_BETA_MIN, VP_M = 19.9, 0.1, 1000   # EDM's VPPrecond (common/precond.h)
+VP_BETA_D, VP_BETA_MIN, VP_M = 19.9, 0.1, 1000   # EDM's VPPrecond (common/model/precond.h)
 VP_EPS_T = 1e-5
 P_MEAN, P_STD = -1.2, 1.2       # EDM loss: ln sigma ~ N(P_mean, P_std^2)
 
@@ -85,7 +85,7 @@ def st_write(path, tensors, metadata=None):
     os.replace(path + ".tmp", path)
 
 # ---------------------------------------------------------------------------------------------------
-# The network. Config keys are those of msdiff's JSON (common/config.c). Layer by layer this is EDM's
+# The network. Config keys are those of msdiff's JSON (common/model/config.c). Layer by layer this is EDM's
 # networks.py: Conv2d, Linear, GroupNorm, UNetBlock, SongUNet; module names give the state_dict names.
 
 
@@ -272,7 +272,7 @@ class SeparateUNets(nn.Module):
 
 class Denoiser(nn.Module):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), the raw network under `model.` (EDMPrecond /
-    VPPrecond). Coefficients are computed in double per sample and rounded to float, as common/precond.c."""
+    VPPrecond). Coefficients are computed in double per sample and rounded to float, as common/model/precond.c."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -283,7 +283,7 @@ class Denoiser(nn.Module):
             self.model = UNet(cfg, cfg["decoders"], multistage=len(cfg["decoders"]) > 1)
 
     def stage_of(self, sigma):
-        """The first stage s with sigma <= boundaries[s], compared in float32 (common/config.c)."""
+        """The first stage s with sigma <= boundaries[s], compared in float32 (common/model/config.c)."""
         s = np.float32(sigma)
         for i, b in enumerate(self.cfg["boundaries"]):
             if s <= np.float32(b):
@@ -321,7 +321,7 @@ def layers(net):
 
 
 def edm_init_(net):
-    """EDM's init (common/model.c), from torch's RNG: weights xavier_uniform (fan_in = in k k, fan_out =
+    """EDM's init (common/model/model.c), from torch's RNG: weights xavier_uniform (fan_in = in k k, fan_out =
     out k k) times init_scale (1e-5 for conv1, proj, aux_conv; sqrt(0.2) for qkv), biases 0, norms 1/0."""
     with torch.no_grad():
         for m in layers(net):
@@ -350,7 +350,7 @@ def perturb_(net, seed):
 
 CONFIG_KEYS = ("img_resolution", "in_channels", "out_channels", "model_channels", "channel_mult", "num_blocks",
                "attn_resolutions", "channel_mult_emb", "dropout", "gn_groups", "gn_min_channels", "decoders",
-               "boundaries", "separate", "precond", "sigma_data")  # msdiff's JSON (common/config.c)
+               "boundaries", "separate", "precond", "sigma_data")  # msdiff's JSON (common/model/config.c)
 
 
 def load_checkpoint(path):
@@ -500,7 +500,7 @@ def compare(args, device, work):
 
 
 def draw_sigmas(cfg, B, rng, stage=None):
-    """The batch's sigmas by EDM's (lognormal) stage policy, as common/train.c: the stage of the first
+    """The batch's sigmas by EDM's (lognormal) stage policy, as common/model/train.c: the stage of the first
     draw (or `stage`), then every sample from the loss's law restricted to it, by rejection."""
     def draw(n):
         if cfg["precond"] == "vp":  # t ~ U(eps_t, 1)
@@ -555,7 +555,7 @@ def cmd_bench(args):
     rng = np.random.default_rng(args.seed)
     results = []
 
-    # (1) training step: EDM loss, backward, nan_to_num and the gradient norm, Adam, EMA (common/train.c)
+    # (1) training step: EDM loss, backward, nan_to_num and the gradient norm, Adam, EMA (common/model/train.c)
     opt = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     ema = [p.detach().clone() for p in params]
     y = torch.rand(B, C, R, R, device=device) * 2 - 1  # stands in for a batch of images in [-1, 1]
@@ -724,7 +724,7 @@ def main():
     b = sub.add_parser("bench", parents=[common], epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="time one training step and one sampling forward in PyTorch",
-                       description="Time (1) one training step as common/train.c does it: lognormal sigmas "
+                       description="Time (1) one training step as common/model/train.c does it: lognormal sigmas "
                        "(EDM's stage policy), EDM loss, backward, nan_to_num, gradient norm, Adam (lr 1e-3 "
                        "without msdiff's ramp, betas 0.9/0.999, eps 1e-8), EMA; dropout as the config says; "
                        "(2) D(x; sigma) under torch.no_grad(), per stage. Warm-up, then the median of --reps.")

@@ -10,7 +10,7 @@
 
 #include <algorithm>
 
-#include "../common/rng.h"
+#include "common/core/rng.h"
 #include "cuda.cuh"
 
 namespace MSD_CUDA_NS {
@@ -74,7 +74,7 @@ __global__ static void fill_kernel(float *x, float value, size_t n) {
 void cu_fill(float *x, float value, size_t n) {
     if (n) launch("fill", fill_kernel, grid_for(n), CU_THREADS, x, value, n);
 }
-// The same counter RNG as ref (common/rng.h is __host__ __device__); Box-Muller in double, rounded
+// The same counter RNG as ref (common/core/rng.h is __host__ __device__); Box-Muller in double, rounded
 // once, so the draws are ref's, up to a rare one-ulp difference where CUDA's double log, sin or cos
 // (within 2 ulp of the true values) put the double result on the other side of a float rounding.
 __global__ static void fill_normal_kernel(float *x, uint64_t seed, uint64_t stream, size_t n) {

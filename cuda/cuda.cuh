@@ -25,8 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../common/backend.h"
-#include "../common/util.h"
+#include "common/core/backend.h"
+#include "common/core/util.h"
 
 namespace MSD_CUDA_NS {
 
@@ -174,7 +174,7 @@ template <typename T> __device__ static inline T block_max(T v) { return block_r
 template <typename T> __device__ static inline T block_min(T v) { return block_reduce(v, cu_min_op()); }
 
 // ---------------------------------------------------------------------------------------------------
-// The ops (documented once, in common/backend.h).
+// The ops (documented once, in common/core/backend.h).
 
 // backend.cu: memory
 float *cu_alloc(size_t n);

@@ -1,14 +1,14 @@
 // cuda/dropout.cu: inverted dropout, the mask drawn on the device from the same counter RNG
-// (common/rng.h is __host__ __device__), so every backend keeps the same elements.
+// (common/core/rng.h is __host__ __device__), so every backend keeps the same elements.
 //
 // What differs from ref/dropout.c: nothing.
-#include "../common/rng.h"
+#include "common/core/rng.h"
 #include "cuda.cuh"
 
 namespace MSD_CUDA_NS {
 
 // Four elements at a time where y and x are 16-byte aligned: draws 4q..4q+3 are the four words of
-// one Philox block (common/rng.h's msd_rng_block), so a quad costs one block where the tail's single
+// one Philox block (common/core/rng.h's msd_rng_block), so a quad costs one block where the tail's single
 // elements cost one each (msd_rng_uniform: the same word, the same float).
 __device__ static inline float keep(uint32_t word, float p, float x, float keep_scale) {
     const float u = (float)(word >> 8) * (1.0f / 16777216.0f); // msd_rng_uniform's value

@@ -4,13 +4,13 @@
 // `#pragma omp parallel for`; no fast-math, so NaN and Inf come out as ref's. Each file says what it
 // computes differently from its ref/ namesake (order of sums, float where ref uses double) and
 // tests/test_fast.c holds it to bounds derived from that. Ops never allocate (the GEMM's scratch is
-// the one exception, fast/gemm.h). Every function needs AVX2 and FMA: common/backend.c hands this
+// the one exception, fast/gemm.h). Every function needs AVX2 and FMA: common/core/backend.c hands this
 // table out only on a CPU that has them.
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/backend.h"
-#include "../common/rng.h"
+#include "common/core/backend.h"
+#include "common/core/rng.h"
 #include "fast.h"
 #include "simd.h"
 

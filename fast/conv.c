@@ -16,7 +16,7 @@
 // ref/ (tests/test_fast_gemm.c checks both).
 #include <limits.h>
 
-#include "../common/util.h"
+#include "common/core/util.h"
 #include "gemm.h"
 
 #define NR GEMM_NR

@@ -5,7 +5,7 @@
 // draws, at a time. The mask is the same function of (seed, stream, i), bit for bit, and the kept
 // values are x * (1/(1-p)) in float as in ref, so the op is bit-identical to ref. A dropped NaN is 0,
 // as in ref (the mask selects, it does not multiply).
-#include "../common/rng.h"
+#include "common/core/rng.h"
 #include "fast.h"
 #include "simd.h"
 

@@ -1,7 +1,7 @@
 // fast.h: the AVX2+FMA / OpenMP backend's functions, one per op of struct msd_backend, each the
 // namesake of a ref/ function (fast_conv2d_forward beside ref_conv2d_forward).
 //
-// Each op is documented once, in common/backend.h; the files of fast/ hold the code, with the same
+// Each op is documented once, in common/core/backend.h; the files of fast/ hold the code, with the same
 // file names as ref/, and comment only what differs from ref/. Every function here needs a CPU with
 // AVX2 and FMA: the program reaches them through msd_backend_fast, which msd_backend_get("fast")
 // hands out only after checking the CPU. This header itself has no intrinsics (tests include it).

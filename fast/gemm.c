@@ -17,7 +17,7 @@
 #include <omp.h>
 #endif
 
-#include "../common/util.h"
+#include "common/core/util.h"
 
 #define MR GEMM_MR
 #define NR GEMM_NR

@@ -2,7 +2,7 @@
 // float<->double lane conversion, a vectorised expf and an 8-block Philox4x32-10.
 //
 // Included only by fast/*.c, which the Makefile compiles with -mavx2 -mfma; the program checks the
-// CPU before it uses the fast table (common/backend.c). Not for tests/ (built without those flags):
+// CPU before it uses the fast table (common/core/backend.c). Not for tests/ (built without those flags):
 // tests reach the vector exp through fast_exp_array (fast/fast.h).
 #ifndef MSD_FAST_SIMD_H
 #define MSD_FAST_SIMD_H
@@ -84,7 +84,7 @@ static inline __m256 fast_exp8(__m256 x) {
 
 // ---------------------------------------------------------------------------------------------------
 // Philox4x32-10 for 8 consecutive blocks at once: the same rounds as msd_philox4x32_10
-// (common/rng.h), one block per 32-bit lane, words c0..c3 in four vectors. The 32x32->64 multiplies
+// (common/core/rng.h), one block per 32-bit lane, words c0..c3 in four vectors. The 32x32->64 multiplies
 // run on the even lanes (mul_epu32) and on the odd lanes shifted down; the halves are blended back.
 
 // hi and lo words of a * m for 8 lanes.

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/backend.h"
-#include "../common/rng.h"
-#include "../common/util.h"
+#include "common/core/backend.h"
+#include "common/core/rng.h"
+#include "common/core/util.h"
 #include "ref.h"
 
 // Memory is plain host memory: upload/download/copy are memcpy.

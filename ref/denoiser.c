@@ -1,6 +1,6 @@
 // ref/denoiser.c: the optimal denoiser of an empirical data set: the posterior mean of the clean image
 // given a noisy one, over every image of the set (PAPER.md section 6). The stage-division algorithms
-// (common/cluster.h) call it through the backend table; nothing else does.
+// (common/model/cluster.h) call it through the backend table; nothing else does.
 //
 // Contract of ref/: scalar C11, no intrinsics, no fast-math, readable first; reductions in double;
 // only `#pragma omp parallel for` over independent outputs (here: the queries); no allocation (the

@@ -6,7 +6,7 @@
 // Element i is kept when msd_rng_uniform(seed, stream, i) >= p and then scaled by 1/(1-p), so the
 // expected output equals the input. The mask is never stored: it is a pure function of
 // (seed, stream, i), and backward draws it again. Every backend draws the same mask.
-#include "../common/rng.h"
+#include "common/core/rng.h"
 #include "ref.h"
 
 void ref_dropout_forward(float *y, const float *x, float p, uint64_t seed, uint64_t stream, size_t n) {

@@ -1,6 +1,6 @@
 // ref.h: the scalar reference backend's functions, one per op of struct msd_backend.
 //
-// Each is documented once, in common/backend.h, where the table lists it with its shapes; the files
+// Each is documented once, in common/core/backend.h, where the table lists it with its shapes; the files
 // of ref/ hold the code, one family of ops per file. fast/ may call these for ops that have no
 // profitable SIMD form, and tests call them through msd_backend_ref.
 #ifndef MSD_REF_H

@@ -15,14 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/data.h"
-#include "../common/error.h"
-#include "../common/model.h"
-#include "../common/precond.h"
-#include "../common/rng.h"
-#include "../common/sampler.h"
-#include "../common/train.h"
-#include "../common/util.h"
+#include "common/io/data.h"
+#include "common/core/error.h"
+#include "common/model/model.h"
+#include "common/model/precond.h"
+#include "common/core/rng.h"
+#include "common/model/sampler.h"
+#include "common/model/train.h"
+#include "common/core/util.h"
 #include "testutil.h"
 #include "tolerance.h"
 

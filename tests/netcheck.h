@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 
-#include "../common/backend.h"
+#include "common/core/backend.h"
 
 // (a) D(x; sigma) and its backward (dx and every parameter gradient) for every stage of `preset`,
 // N samples (1..16) at N noise levels inside the stage, on ref and on `be`. Weights and inputs from

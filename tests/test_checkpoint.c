@@ -1,4 +1,4 @@
-// test_checkpoint.c: model checkpoints (common/checkpoint.h) against EDM's names and against bad files.
+// test_checkpoint.c: model checkpoints (common/io/checkpoint.h) against EDM's names and against bad files.
 //
 // Holds: (1) the parameter names and shapes of the "tiny" and "tiny-ms" networks against the state_dict
 // of EDM's SongUNet and the authors' MultistageUNet (the reference dumps in tests/data/, which hold
@@ -19,13 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/backend.h"
-#include "../common/checkpoint.h"
-#include "../common/config.h"
-#include "../common/error.h"
-#include "../common/model.h"
-#include "../common/precond.h"
-#include "../common/safetensors.h"
+#include "common/core/backend.h"
+#include "common/io/checkpoint.h"
+#include "common/model/config.h"
+#include "common/core/error.h"
+#include "common/model/model.h"
+#include "common/model/precond.h"
+#include "common/io/safetensors.h"
 #include "testutil.h"
 
 static const struct msd_backend *be = &msd_backend_ref;

@@ -1,4 +1,4 @@
-// test_classifier.c: the image classifier of common/classifier.h and `msdiff classifier`.
+// test_classifier.c: the image classifier of common/eval/classifier.h and `msdiff classifier`.
 //
 // Holds: (1) the whole network's gradients (every parameter tensor and the input) against finite
 // differences on a tiny configuration with the ref backend, the gradient convention, and the host
@@ -19,12 +19,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../common/backend.h"
-#include "../common/classifier.h"
-#include "../common/error.h"
-#include "../common/png.h"
-#include "../common/rng.h"
-#include "../common/safetensors.h"
+#include "common/core/backend.h"
+#include "common/eval/classifier.h"
+#include "common/core/error.h"
+#include "common/io/png.h"
+#include "common/core/rng.h"
+#include "common/io/safetensors.h"
 #include "testutil.h"
 #include "tolerance.h"
 

@@ -2,19 +2,19 @@
 // repository root; make builds ./msdiff first) and checks exit statuses, what it prints and the
 // files it writes. info against the paper's counts, init's determinism and its round trip through
 // info --model, export --fp16 against the F16 rounding, denoise against msd_denoise_forward called in this process (bit for bit), and every
-// bad command line a user is likely to type. Also the strict number parsing of common/cli.h.
+// bad command line a user is likely to type. Also the strict number parsing of common/cli/cli.h.
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "../common/checkpoint.h"
-#include "../common/cli.h"
-#include "../common/config.h"
-#include "../common/error.h"
-#include "../common/precond.h"
-#include "../common/safetensors.h"
+#include "common/io/checkpoint.h"
+#include "common/cli/cli.h"
+#include "common/model/config.h"
+#include "common/core/error.h"
+#include "common/model/precond.h"
+#include "common/io/safetensors.h"
 #include "testutil.h"
 
 // ---------------------------------------------------------------------------------------------------

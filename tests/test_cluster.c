@@ -1,4 +1,4 @@
-// test_cluster.c: stage division (common/cluster.h, ref/denoiser.c, msdiff cluster).
+// test_cluster.c: stage division (common/model/cluster.h, ref/denoiser.c, msdiff cluster).
 //
 // - The Table 4 baselines reproduce the paper's numbers, in the library and from the program.
 // - The posterior mean against closed forms: two images (the weight is a logistic function of the
@@ -21,11 +21,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../common/backend.h"
-#include "../common/cluster.h"
-#include "../common/error.h"
-#include "../common/png.h"
-#include "../common/rng.h"
+#include "common/core/backend.h"
+#include "common/model/cluster.h"
+#include "common/core/error.h"
+#include "common/io/png.h"
+#include "common/core/rng.h"
 #include "testutil.h"
 #include "tolerance.h"
 

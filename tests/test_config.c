@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/config.h"
-#include "../common/error.h"
+#include "common/model/config.h"
+#include "common/core/error.h"
 #include "testutil.h"
 
 // The first field where a and b differ, written to buf ("" when equal). Whole arrays are compared,

@@ -30,10 +30,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/backend.h"
-#include "../common/error.h"
-#include "../common/rng.h"
-#include "../common/util.h"
+#include "common/core/backend.h"
+#include "common/core/error.h"
+#include "common/core/rng.h"
+#include "common/core/util.h"
 #include "../ref/ref.h"
 #include "testutil.h"
 #include "tolerance.h"
@@ -105,7 +105,7 @@ static void inject(float *x, size_t n, uint64_t seed) {
 // ---------------------------------------------------------------------------------------------------
 // Device buffers. Layout: [DGUARD guard floats][n floats][DGUARD guard floats], the guards uploaded
 // with a sentinel NaN that done() downloads and checks. The middle starts 320 bytes into the
-// allocation: 64-byte aligned (what the arenas guarantee, common/unet.c), not 128 or 256, so a
+// allocation: 64-byte aligned (what the arenas guarantee, common/model/unet.c), not 128 or 256, so a
 // kernel may assume no more alignment than the graph gives it. An output is first filled with
 // another NaN, the poison: an element the op fails to write shows as a NaN where ref has a number.
 
@@ -353,7 +353,7 @@ START_TEST(memory) {
 }
 END_TEST
 
-// fill_normal: ref's draws (common/rng.h's Box-Muller in double, rounded once). The emulator runs
+// fill_normal: ref's draws (common/core/rng.h's Box-Muller in double, rounded once). The emulator runs
 // ref's code with glibc's libm: bit for bit. On the device: u1 and u2 are exact, 2 pi u2 rounds the
 // same on both sides (one product, nothing to fuse); log is within 1 double ulp on each side and
 // sqrt rounds correctly, so r = sqrt(-2 log u1) differs by at most 4 UD r; cos and sin are within
@@ -1092,7 +1092,7 @@ START_TEST(posemb) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// Dropout: the same mask from the counter RNG (common/rng.h on the device) and the same float product:
+// Dropout: the same mask from the counter RNG (common/core/rng.h on the device) and the same float product:
 // bit for bit, forward and backward, for seeds and streams with high bits set (the key's and the
 // counter's upper words), and in place.
 START_TEST(dropout) {

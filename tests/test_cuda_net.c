@@ -16,8 +16,8 @@
 //     would take minutes here). About 30 s.
 #include <stdio.h>
 
-#include "../common/backend.h"
-#include "../common/error.h"
+#include "common/core/backend.h"
+#include "common/core/error.h"
 #include "netcheck.h"
 #include "testutil.h"
 

@@ -1,4 +1,4 @@
-// test_data.c: the data set loaders and batch drawing (common/data.h).
+// test_data.c: the data set loaders and batch drawing (common/io/data.h).
 //
 // Holds: Fashion-MNIST from the Debian package (counts, 6000/1000 images per class, every byte against
 // an independent `gzip -dc` of the files), hand-made IDX, CIFAR-10 and PNG-folder data sets, batch
@@ -14,10 +14,10 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "../common/data.h"
-#include "../common/error.h"
-#include "../common/png.h"
-#include "../common/rng.h"
+#include "common/io/data.h"
+#include "common/core/error.h"
+#include "common/io/png.h"
+#include "common/core/rng.h"
 #include "testutil.h"
 
 // The file dir/name holds bytes[0..n).

@@ -1,7 +1,7 @@
 // test_eval.c: `msdiff eval` from the outside, on small sets: the Frechet distance of a set of images
 // with itself is ~0, it is symmetric in the two sets, a set against another set of the same kind is
 // far closer than against noise, and the FD the program prints is the one computed here through the
-// library (classifier features, Gaussian fits, common/fd.h) on the same images. With a model, eval
+// library (classifier features, Gaussian fits, common/eval/fd.h) on the same images. With a model, eval
 // samples and reports the held-out loss of every stage. Bad input fails with a clear message. The
 // shipped classifier and the shipped diffusion model (models/) are checked on Fashion-MNIST.
 //
@@ -14,19 +14,19 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../common/backend.h"
-#include "../common/checkpoint.h"
-#include "../common/classifier.h"
-#include "../common/config.h"
-#include "../common/data.h"
-#include "../common/error.h"
-#include "../common/fd.h"
-#include "../common/model.h"
-#include "../common/precond.h"
-#include "../common/png.h"
-#include "../common/rng.h"
-#include "../common/safetensors.h"
-#include "../common/util.h"
+#include "common/core/backend.h"
+#include "common/io/checkpoint.h"
+#include "common/eval/classifier.h"
+#include "common/model/config.h"
+#include "common/io/data.h"
+#include "common/core/error.h"
+#include "common/eval/fd.h"
+#include "common/model/model.h"
+#include "common/model/precond.h"
+#include "common/io/png.h"
+#include "common/core/rng.h"
+#include "common/io/safetensors.h"
+#include "common/core/util.h"
 #include "testutil.h"
 
 enum { C = 1, R = 8, SET = 300 }; // image shape (PNG holds 1 or 3 channels), images per folder

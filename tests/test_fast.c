@@ -21,10 +21,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../common/backend.h"
-#include "../common/error.h"
-#include "../common/rng.h"
-#include "../common/util.h"
+#include "common/core/backend.h"
+#include "common/core/error.h"
+#include "common/core/rng.h"
+#include "common/core/util.h"
 #include "../fast/fast.h"
 #include "../ref/ref.h"
 #include "testutil.h"

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/util.h"
+#include "common/core/util.h"
 #include "../fast/gemm.h"
 #include "../ref/ref.h"
 #include "testutil.h"

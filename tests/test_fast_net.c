@@ -6,8 +6,8 @@
 // CPU without AVX2/FMA.
 #include <stdio.h>
 
-#include "../common/backend.h"
-#include "../common/error.h"
+#include "common/core/backend.h"
+#include "common/core/error.h"
 #include "netcheck.h"
 #include "testutil.h"
 

@@ -1,5 +1,5 @@
 // test_fd.c: the Gaussian fit, Jacobi eigen-decomposition, PSD square root and Frechet distance
-// (common/fd.h).
+// (common/eval/fd.h).
 //
 // Holds: eigen-decompositions of random symmetric matrices (d = 1, 2, 7, 64) held to A V = V Lambda
 // and V^T V = I, with the lower triangle poisoned (only the upper is read), and of matrices with known
@@ -30,9 +30,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../common/error.h"
-#include "../common/fd.h"
-#include "../common/rng.h"
+#include "common/core/error.h"
+#include "common/eval/fd.h"
+#include "common/core/rng.h"
 #include "testutil.h"
 
 #define TOL_EIG 1e-12

@@ -8,12 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/backend.h"
-#include "../common/checkpoint.h"
-#include "../common/error.h"
-#include "../common/model.h"
-#include "../common/precond.h"
-#include "../common/safetensors.h"
+#include "common/core/backend.h"
+#include "common/io/checkpoint.h"
+#include "common/core/error.h"
+#include "common/model/model.h"
+#include "common/model/precond.h"
+#include "common/io/safetensors.h"
 #include "testutil.h"
 #include "tolerance.h"
 

@@ -1,4 +1,4 @@
-// test_png.c: the PNG reader, writer and grid writer (common/png.h).
+// test_png.c: the PNG reader, writer and grid writer (common/io/png.h).
 //
 // Holds: exact round trips of gray and RGB bytes through msd_png_write and back, both through
 // msd_png_read and through a PNG-folder data set (which must load RGB as C = 3); the float -> byte
@@ -16,10 +16,10 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "../common/data.h"
-#include "../common/error.h"
-#include "../common/png.h"
-#include "../common/rng.h"
+#include "common/io/data.h"
+#include "common/core/error.h"
+#include "common/io/png.h"
+#include "common/core/rng.h"
 #include "testutil.h"
 
 static float byte_to_float(uint8_t b) { return (float)b / 127.5f - 1.0f; }

@@ -3,9 +3,9 @@
 #include <math.h>
 #include <string.h>
 
-#include "../common/backend.h"
-#include "../common/error.h"
-#include "../common/rng.h"
+#include "common/core/backend.h"
+#include "common/core/error.h"
+#include "common/core/rng.h"
 #include "testutil.h"
 
 static const struct msd_backend *be = &msd_backend_ref;

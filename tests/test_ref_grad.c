@@ -7,8 +7,8 @@
 // "fd <op> <tensor> worst rel err ...": the closing note of the foundation quotes them.
 #include <stdio.h>
 
-#include "../common/backend.h"
-#include "../common/rng.h"
+#include "common/core/backend.h"
+#include "common/core/rng.h"
 #include "testutil.h"
 
 static const struct msd_backend *be = &msd_backend_ref;

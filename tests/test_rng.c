@@ -4,7 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "../common/rng.h"
+#include "common/core/rng.h"
 #include "../ref/ref.h"
 #include "testutil.h"
 

@@ -1,4 +1,4 @@
-// test_safetensors.c: the safetensors reader and writer (common/safetensors.h).
+// test_safetensors.c: the safetensors reader and writer (common/io/safetensors.h).
 //
 // Holds: a bit-exact round trip with metadata, the 8-byte data alignment, loading the shared reference
 // dumps (tests/data/, or ../shared/testdata/ from the repo root), one test per kind of corrupt file
@@ -16,9 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../common/error.h"
-#include "../common/rng.h"
-#include "../common/safetensors.h"
+#include "common/core/error.h"
+#include "common/core/rng.h"
+#include "common/io/safetensors.h"
 #include "testutil.h"
 
 // A safetensors file by hand into buf: u64 little-endian strlen(header), the header, data[0..data_len).

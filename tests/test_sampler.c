@@ -13,11 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/backend.h"
-#include "../common/error.h"
-#include "../common/precond.h"
-#include "../common/rng.h"
-#include "../common/sampler.h"
+#include "common/core/backend.h"
+#include "common/core/error.h"
+#include "common/model/precond.h"
+#include "common/core/rng.h"
+#include "common/model/sampler.h"
 #include "testutil.h"
 
 static const struct msd_backend *be = &msd_backend_ref;

@@ -7,12 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../common/backend.h"
-#include "../common/error.h"
-#include "../common/model.h"
-#include "../common/precond.h"
-#include "../common/rng.h"
-#include "../common/train.h"
+#include "common/core/backend.h"
+#include "common/core/error.h"
+#include "common/model/model.h"
+#include "common/model/precond.h"
+#include "common/core/rng.h"
+#include "common/model/train.h"
 #include "testutil.h"
 
 static const struct msd_backend *be = &msd_backend_ref;

@@ -17,9 +17,9 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include "../common/error.h"
-#include "../common/png.h"
-#include "../common/safetensors.h"
+#include "common/core/error.h"
+#include "common/io/png.h"
+#include "common/io/safetensors.h"
 #include "testutil.h"
 
 #define RES 28     // mini and mini-ms: 28x28x1

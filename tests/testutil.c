@@ -18,8 +18,8 @@
 #include <sys/prctl.h> // PR_SET_PDEATHSIG: a child never outlives a killed test
 #endif
 
-#include "../common/rng.h"
-#include "../common/util.h"
+#include "common/core/rng.h"
+#include "common/core/util.h"
 #include "tolerance.h"
 
 // ---------------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ static inline bool net_within(double max_err, double max_ref, double tol) { retu
 // Their gradients differ by at most dg = NET_GRAD_TOL max |g_ref| per tensor (checked first); Adam,
 // EMA and nan_to_num are bit-identical across backends on the same inputs (tests/test_fast.c), so
 // what follows bounds how a gradient difference dg moves each buffer, plus the rounding of both sides.
-// Adam (common/backend.h): m' = fl(b1 m + (1-b1) g), v' = fl(b2 v + (1-b2) g^2) in float;
+// Adam (common/core/backend.h): m' = fl(b1 m + (1-b1) g), v' = fl(b2 v + (1-b2) g^2) in float;
 //   p' = fl(p - c m' / (sqrt(v' / bc2) + eps)) in double, c = lr / bc1, bc_i = 1 - b_i^t,
 // with the float parameters lr, b1, b2, eps of the call (1 - b1 and 1 - b2 are exact in float).
 // Write U(g) = c M(g) / (S(g) + eps), M = b1 m + (1-b1) g, S = sqrt((b2 v + (1-b2) g^2) / bc2): the
@@ -223,7 +223,7 @@ static inline double bound_ema(double ema_new_ref, double E, double p_new_ref, d
 }
 
 // ---------------------------------------------------------------------------------------------------
-// A Heun run (common/sampler.c, EDM schedule, no churn) on two backends from the same latent. Each
+// A Heun run (common/model/sampler.c, EDM schedule, no churn) on two backends from the same latent. Each
 // step i (sigma s -> s', dt = s' - s, float coefficients as the sampler passes them) computes
 //   D = D(x; s); d = x / s - D / s; xn = x + dt d; D' = D(xn; s'); d' = xn / s' - D' / s';
 //   x = x + (dt/2) d; x = x + (dt/2) d'          (the last step, to s' = 0, stops at x + dt d),
