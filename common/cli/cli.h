@@ -5,7 +5,7 @@
 // converters from text to integers, doubles and comma-separated lists (the whole word must be the
 // number, in range); and the formatting of counts with thousands separators and of reals in their
 // shortest exact form.
-// Does not hold: what any subcommand does, or the help texts (common/cli/msdiff.c).
+// Does not hold: what any subcommand does, or the help texts (common/cli/cmd_<name>.c).
 //
 // Exit statuses of the program: 0 success, CLI_FAIL when a library call fails (a file that cannot be
 // read, a corrupt checkpoint), CLI_USAGE for a bad command line.

@@ -18,7 +18,6 @@
 #include "common/core/rng.h"
 #include "common/core/util.h"
 
-#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 #define PI 3.14159265358979323846
 
 // Streams of the training loop (common/core/rng.h keeps the others): the epoch's shuffle draws index

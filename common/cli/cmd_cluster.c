@@ -1,8 +1,9 @@
-// cmd_cluster.c: `msdiff cluster`: where to cut the noise range into stages (PAPER.md section 6), by
-// the paper's optimal-denoiser Algorithm 1, the Table 4 baselines (timestep, snr) or the similarity
-// matrix. Prints the boundaries in VP t and in EDM sigma and a `--boundaries` line for msdiff train;
-// writes the per-sample values as CSV, an SVG plot of S0 and S1 against t, and the similarity matrix
-// as a PNG heat map. The algorithms are common/model/cluster.h; this file holds flags and output only.
+// cmd_cluster.c: `msdiff cluster`: where to cut the noise range into stages (docs/METHOD.md, Stage
+// division), by the paper's optimal-denoiser Algorithm 1, the Table 4 baselines (timestep, snr) or the
+// similarity matrix. Prints the boundaries in VP t and in EDM sigma and a `--boundaries` line for
+// msdiff train; writes the per-sample values as CSV, an SVG plot of S0 and S1 against t, and the
+// similarity matrix as a PNG heat map. The algorithms are common/model/cluster.h; this file holds
+// flags and output only.
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,8 +19,6 @@
 #include "common/core/error.h"
 #include "common/io/png.h"
 #include "common/core/util.h"
-
-#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 const char HELP_CLUSTER[] =
     "usage: msdiff cluster --method denoiser|snr|timestep|similarity [flags]\n"
@@ -294,27 +293,35 @@ static int run_interval(const struct args *a) {
     return 0;
 }
 
-// The images of --data (the first --images of them) in the scale of --pixels, into *out (malloc'd).
+// The images a method clusters: n images of M floats each, and where they came from in words.
+struct images {
+    float *x; // x: (n, M), malloc'd
+    int n;
+    size_t M;
+    char source[700];
+};
+
+// The images of --data (the first --images of them) in the scale of --pixels, into *im.
 // 0, or the exit status after printing why: CLI_FAIL (the data), CLI_USAGE (--images).
-static int load_images(const struct args *a, float **out, int *n, size_t *M, char *source, size_t source_len) {
+static int load_images(const struct args *a, struct images *im) {
     struct msd_dataset ds;
-    *out = NULL;
+    im->x = NULL;
     if (msd_data_open(&ds, a->data) < 0) return cmd_fail();
-    *n = a->images ? a->images : ds.n;
-    if (*n > ds.n || *n < 2) {
-        int rc = cli_error("cluster", "--images %d: the data set %s has %d images; expected 2..%d", *n, ds.source,
+    const int n = im->n = a->images ? a->images : ds.n;
+    if (n > ds.n || n < 2) {
+        int rc = cli_error("cluster", "--images %d: the data set %s has %d images; expected 2..%d", n, ds.source,
                            ds.n, ds.n);
         msd_data_free(&ds);
         return rc;
     }
-    *M = (size_t)ds.channels * ds.res * ds.res;
-    snprintf(source, source_len, "%d of the %d images of %s (%dx%dx%d)", *n, ds.n, ds.source, ds.channels, ds.res,
-             ds.res);
-    *out = malloc((size_t)*n * *M * sizeof **out);
-    if (*out) msd_cluster_images(*out, &ds, *n, a->pixels);
-    else msd_set_error("cannot allocate %.1f MB for %d images", 4.0 * *n * *M / 1e6, *n);
+    const size_t M = im->M = (size_t)ds.channels * ds.res * ds.res;
+    snprintf(im->source, sizeof im->source, "%d of the %d images of %s (%dx%dx%d)", n, ds.n, ds.source, ds.channels,
+             ds.res, ds.res);
+    im->x = malloc((size_t)n * M * sizeof *im->x);
+    if (im->x) msd_cluster_images(im->x, &ds, n, a->pixels);
+    else msd_set_error("cannot allocate %.1f MB for %d images", 4.0 * n * M / 1e6, n);
     msd_data_free(&ds);
-    return *out ? 0 : cmd_fail();
+    return im->x ? 0 : cmd_fail();
 }
 
 static struct msd_cluster_opts opts_of(const struct args *a, struct progress *p) {
@@ -328,22 +335,19 @@ static struct msd_cluster_opts opts_of(const struct args *a, struct progress *p)
 static const char *pixels_name(enum msd_pixels px) { return px == MSD_PIXELS_01 ? "[0, 1]" : "[-1, 1]"; }
 
 static int run_denoiser(const struct args *a, const struct msd_backend *be) {
-    int n;
-    size_t M;
-    char source[700];
-    float *images;
-    int rc = load_images(a, &images, &n, &M, source, sizeof source);
+    struct images im;
+    int rc = load_images(a, &im);
     if (rc) return rc;
     struct progress p;
     const struct msd_cluster_opts o = opts_of(a, &p);
     struct msd_cluster_sample *s = xmalloc((size_t)a->K * sizeof *s);
-    rc = msd_cluster_denoiser(be, images, n, M, &o, s);
-    free(images);
+    rc = msd_cluster_denoiser(be, im.x, im.n, im.M, &o, s);
+    free(im.x);
     if (rc < 0) return free(s), cmd_fail();
     const double secs = now() - p.start;
     printf("method denoiser (the paper's Algorithm 1): K %d samples, alpha %g, eta %.6g, t ~ U[%g, %g], pixels in "
            "%s, seed %llu\ndata: %s\nbackend %s: %d posterior means in %.1f s (%.3f s each)\n", a->K, a->alpha,
-           a->eta, a->tmin, a->tmax, pixels_name(a->pixels), (unsigned long long)a->seed, source, be->name, a->K,
+           a->eta, a->tmin, a->tmax, pixels_name(a->pixels), (unsigned long long)a->seed, im.source, be->name, a->K,
            secs, secs / a->K);
     double t[2];
     bool have_t = msd_cluster_thresholds(s, a->K, a->alpha, &t[0], &t[1]) == 0;
@@ -376,18 +380,15 @@ static int run_similarity(const struct args *a, const struct msd_backend *be) {
     if ((long)k * min_size > G)
         return cli_error("cluster", "--stages %d with --min-size %d needs a grid of at least %d times, got --grid %d",
                          k, min_size, k * min_size, G);
-    int n;
-    size_t M;
-    char source[700];
-    float *images;
-    int rc = load_images(a, &images, &n, &M, source, sizeof source);
+    struct images im;
+    int rc = load_images(a, &im);
     if (rc) return rc;
     double *t = xmalloc((size_t)G * sizeof *t), *S = xmalloc((size_t)G * G * sizeof *S);
     for (int i = 0; i < G; i++) t[i] = a->tmin + (a->tmax - a->tmin) * i / (G - 1);
     struct progress p;
     const struct msd_cluster_opts o = opts_of(a, &p);
-    rc = msd_cluster_similarity(be, images, n, M, t, G, a->K, &o, S);
-    free(images);
+    rc = msd_cluster_similarity(be, im.x, im.n, im.M, t, G, a->K, &o, S);
+    free(im.x);
     int starts[MSD_CLUSTER_MAX_STAGES];
     double score = 0, b[MSD_CLUSTER_MAX_STAGES];
     if (rc == 0) rc = msd_partition_dp(S, G, k, min_size, starts, &score);
@@ -395,7 +396,7 @@ static int run_similarity(const struct args *a, const struct msd_backend *be) {
     const double secs = now() - p.start;
     printf("method similarity: a %d x %d matrix over t in [%g, %g], %d draws of (y, eps), eta %.6g, pixels in %s, "
            "seed %llu\ndata: %s\nbackend %s: %ld posterior means in %.1f s\n", G, G, a->tmin, a->tmax, a->K, a->eta,
-           pixels_name(a->pixels), (unsigned long long)a->seed, source, be->name, (long)G * a->K, secs);
+           pixels_name(a->pixels), (unsigned long long)a->seed, im.source, be->name, (long)G * a->K, secs);
     printf("partition into %d clusters of >= %d grid times, score %.6f of %d:", k, min_size, score, k);
     for (int c = 0; c < k; c++) printf(" [%d, %d)", starts[c], c + 1 < k ? starts[c + 1] : G);
     printf("\n");

@@ -26,7 +26,6 @@
 #include "common/model/train.h"
 #include "common/core/util.h"
 
-#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 #define LOSS_SIGMAS 3 // noise levels per stage for the held-out loss
 
 const char HELP_EVAL[] =

@@ -18,7 +18,6 @@
 #include "common/model/sampler.h"
 #include "common/core/util.h"
 
-#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 #define MAX_SEEDS 100000
 
 const char HELP_SAMPLE[] =

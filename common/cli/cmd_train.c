@@ -14,8 +14,6 @@
 #include "common/model/train.h"
 #include "common/core/util.h"
 
-#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
 const char HELP_TRAIN[] =
     "usage: msdiff train --out RUN_DIR --steps N [--preset NAME] [--data SPEC] [--batch B] [flags]\n"
     "       msdiff train --out RUN_DIR --resume [--steps N]\n"

@@ -1,4 +1,5 @@
-// commands.h: what the subcommand files share with the program's main (common/cli/msdiff.c).
+// commands.h: what the command files (common/cli/cmd_<name>.c) share with the program's main
+// (common/cli/msdiff.c): each command's entry point and help text, and the services main offers them.
 #ifndef MSD_COMMANDS_H
 #define MSD_COMMANDS_H
 
@@ -7,18 +8,33 @@
 #include "common/core/backend.h"
 #include "cli.h"
 
+struct msd_config;
+
+// The number of entries of an array (a flag table, a list of names).
+#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
 // A library call failed: print "msdiff: <msd_last_error()>" and return CLI_FAIL.
 int cmd_fail(void);
 // cli_parse, printing the command's help for -h/--help. *done is set when the caller should return rc.
 int cmd_parse(const char *cmd, int argc, char **argv, struct cli_opt *o, int n, bool *done);
 // The backend named by a --backend flag (NULL: the fastest available), or NULL after printing why.
 const struct msd_backend *cmd_backend(const char *cmd, const char *name);
+// "unified" (one stage), "multistage" (shared encoder, one decoder per stage) or "separate": the kind
+// of network msdiff info and msdiff init print (common/cli/cmd_info.c).
+const char *cmd_kind_name(const struct msd_config *c);
 
-extern const char HELP_TRAIN[], HELP_SAMPLE[], HELP_CLUSTER[], HELP_CLASSIFIER[], HELP_EVAL[];
+// The commands, one file each: cmd_info(argc, argv) is `msdiff info`, with the words after "info".
+// Each returns the program's exit status (0, CLI_FAIL or CLI_USAGE).
+extern const char HELP_INFO[], HELP_INIT[], HELP_TRAIN[], HELP_SAMPLE[], HELP_CLUSTER[], HELP_CLASSIFIER[],
+    HELP_EVAL[], HELP_DENOISE[], HELP_EXPORT[];
+int cmd_info(int argc, char **argv);
+int cmd_init(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_cluster(int argc, char **argv);
 int cmd_classifier(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_denoise(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 #endif
