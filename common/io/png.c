@@ -11,7 +11,6 @@
 #include <png.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdio.h>
@@ -22,6 +21,7 @@
 
 #include "common/core/error.h"
 #include "common/core/util.h"
+#include "common/io/atomic.h"
 
 // ---------------------------------------------------------------------------------------------------
 // libpng callbacks
@@ -187,21 +187,6 @@ static int write_body(struct writer *w, const char *path, const char *tmp, int C
     return 0;
 }
 
-// Make the rename durable by syncing the directory. Best effort: the new file is complete either way.
-static void sync_parent_dir(const char *path) {
-    char *dir = xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    const char *d = dir;
-    if (!slash) d = ".";
-    else slash[slash == dir] = '\0'; // "a/b/x" -> "a/b", "/x" -> "/"
-    int fd = open(d, O_RDONLY);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
 int msd_png_write(const char *path, const float *img, int C, int H, int W) {
     if (C != 1 && C != 3)
         return msd_set_error("PNG '%s': %d channels, expected 1 (gray) or 3 (RGB)", path, C);
@@ -218,10 +203,7 @@ int msd_png_write(const char *path, const float *img, int C, int H, int W) {
     memset(&w, 0, sizeof w);
     w.rows = xmalloc((size_t)H * sizeof *w.rows);
     for (int y = 0; y < H; y++) w.rows[y] = buf + (size_t)y * (size_t)W * (size_t)C;
-    size_t plen = strlen(path);
-    char *tmp = xmalloc(plen + 5);
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
+    char *tmp = msd_tmp_path(path);
 
     int rc = 0;
     w.fp = fopen(tmp, "wb");
@@ -251,7 +233,7 @@ int msd_png_write(const char *path, const float *img, int C, int H, int W) {
     if (step)
         rc = msd_set_error("PNG '%s': %s of '%s' failed: %s (hint: %s)", path, step, tmp, strerror(err),
                            strcmp(step, "rename") == 0 ? "is the target a directory?" : "is the disk full?");
-    if (rc == 0) sync_parent_dir(path);
+    if (rc == 0) msd_sync_parent_dir(path);
     else remove(tmp); // never leave a half-written file behind
 done:
     png_destroy_write_struct(&w.png, &w.info); // accepts NULLs

@@ -7,7 +7,6 @@
 #include "safetensors.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +17,7 @@
 
 #include "common/core/error.h"
 #include "common/core/util.h"
+#include "common/io/atomic.h"
 
 // Data is copied byte for byte into host floats, so the host must be little-endian like the format.
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
@@ -490,21 +490,6 @@ static int build_header(const char *path, const struct msd_st_entry *e, int n, b
     return 0;
 }
 
-// Make the rename durable by syncing the directory. Best effort: the new file is complete either way.
-static void sync_parent_dir(const char *path) {
-    char *dir = xmalloc(strlen(path) + 2);
-    strcpy(dir, path);
-    char *slash = strrchr(dir, '/');
-    if (!slash) strcpy(dir, ".");
-    else slash[slash == dir] = '\0'; // "a/b/x" -> "a/b", "/x" -> "/"
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
 int msd_st_write(const char *path, const struct msd_st_entry *entries, int n_entries,
                  const char *const *meta_keys, const char *const *meta_values, int n_meta) {
     return msd_st_write_as(path, entries, n_entries, false, meta_keys, meta_values, n_meta);
@@ -542,10 +527,7 @@ int msd_st_write_as(const char *path, const struct msd_st_entry *entries, int n_
             half[i][2 * k] = (unsigned char)(b & 0xff), half[i][2 * k + 1] = (unsigned char)(b >> 8);
         }
     }
-    size_t plen = strlen(path);
-    char *tmp = xmalloc(plen + 5);
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
+    char *tmp = msd_tmp_path(path);
 
     int rc = 0;
     const char *step = "create";
@@ -573,7 +555,7 @@ int msd_st_write_as(const char *path, const struct msd_st_entry *entries, int n_
     if (closed != 0) goto io_fail;
     step = "rename";
     if (rename(tmp, path) != 0) goto io_fail;
-    sync_parent_dir(path);
+    msd_sync_parent_dir(path);
     goto done;
 io_fail:
     rc = st_error(path, "write: %s of '%s' failed: %s (hint: %s); '%s' left unchanged", step, tmp,
