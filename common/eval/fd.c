@@ -294,6 +294,18 @@ static int check_symmetric(const double *cov, int d, const char *what) {
     return 0;
 }
 
+// c = a b; a, b, c: (d, d). Rows times rows (i-k-j), so the inner loop runs along memory.
+static void matmul(double *c, const double *a, const double *b, int d) {
+    memset(c, 0, (size_t)d * d * sizeof *c);
+    for (int i = 0; i < d; i++)
+        for (int k = 0; k < d; k++) {
+            const double aik = a[(size_t)i * d + k];
+            const double *bk = b + (size_t)k * d;
+            double *ci = c + (size_t)i * d;
+            for (int j = 0; j < d; j++) ci[j] += aik * bk[j];
+        }
+}
+
 // The message of a failed inner call, under a prefix (msd_set_error cannot take its own buffer).
 static int rethrow(const char *prefix) {
     char inner[512];
@@ -325,23 +337,8 @@ int msd_frechet_distance(const double *mu1, const double *cov1, const double *mu
     int rc = msd_sym_sqrt(cov1, d, r);
     if (rc != 0) rc = rethrow("cov1");
     if (rc == 0) {
-        // t = S2 r, then m = r t; rows times rows (i-k-j) so the inner loops run along memory
-        memset(t, 0, dd * sizeof *t);
-        memset(m, 0, dd * sizeof *m);
-        for (int i = 0; i < d; i++)
-            for (int k = 0; k < d; k++) {
-                double sik = cov2[(size_t)i * d + k];
-                const double *rk = r + (size_t)k * d;
-                double *ti = t + (size_t)i * d;
-                for (int j = 0; j < d; j++) ti[j] += sik * rk[j];
-            }
-        for (int i = 0; i < d; i++)
-            for (int k = 0; k < d; k++) {
-                double rik = r[(size_t)i * d + k];
-                const double *tk = t + (size_t)k * d;
-                double *mi = m + (size_t)i * d;
-                for (int j = 0; j < d; j++) mi[j] += rik * tk[j];
-            }
+        matmul(t, cov2, r, d); // t = S2 r
+        matmul(m, r, t, d);    // m = r t
         for (int i = 0; i < d; i++)
             for (int j = i + 1; j < d; j++)
                 m[(size_t)i * d + j] = 0.5 * (m[(size_t)i * d + j] + m[(size_t)j * d + i]);
