@@ -31,37 +31,30 @@
 // config leaves the unused slots 0, as msd_config_from_json does.
 
 #define MS_BOUNDARIES {2.5103f, 7.6577f} // the paper's 3-stage boundaries in sigma
+// Each network's fields but its stages (n_stages, dec_channels, boundaries): a unified preset and its
+// multistage "-ms" twin are the same network with one decoder or with several.
+#define CIFAR10_NET                                                                                    \
+    .img_resolution = 32, .in_channels = 3, .out_channels = 3, .model_channels = 128, .n_levels = 3,   \
+    .channel_mult = {2, 2, 2}, .num_blocks = 4, .n_attn = 1, .attn_resolutions = {16},                 \
+    .channel_mult_emb = 4, .dropout = 0.13f, .gn_groups = 16, .gn_min_channels = 4,                    \
+    .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f
+#define MINI_NET                                                                                       \
+    .img_resolution = 28, .in_channels = 1, .out_channels = 1, .model_channels = 32, .n_levels = 3,    \
+    .channel_mult = {1, 2, 2}, .num_blocks = 2, .n_attn = 1, .attn_resolutions = {14},                 \
+    .channel_mult_emb = 4, .dropout = 0.1f, .gn_groups = 16, .gn_min_channels = 4,                     \
+    .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f
+#define TINY_NET                                                                                       \
+    .img_resolution = 8, .in_channels = 2, .out_channels = 2, .model_channels = 8, .n_levels = 2,      \
+    .channel_mult = {1, 2}, .num_blocks = 1, .n_attn = 1, .attn_resolutions = {4},                     \
+    .channel_mult_emb = 4, .dropout = 0.0f, .gn_groups = 16, .gn_min_channels = 4,                     \
+    .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f
 static const struct { const char *name; struct msd_config c; } PRESETS[] = {
-    {"cifar10", {.img_resolution = 32, .in_channels = 3, .out_channels = 3, .model_channels = 128,
-                 .n_levels = 3, .channel_mult = {2, 2, 2}, .num_blocks = 4, .n_attn = 1,
-                 .attn_resolutions = {16}, .channel_mult_emb = 4, .dropout = 0.13f, .gn_groups = 16,
-                 .gn_min_channels = 4, .n_stages = 1, .dec_channels = {128},
-                 .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f}},
-    {"cifar10-ms", {.img_resolution = 32, .in_channels = 3, .out_channels = 3, .model_channels = 128,
-                    .n_levels = 3, .channel_mult = {2, 2, 2}, .num_blocks = 4, .n_attn = 1,
-                    .attn_resolutions = {16}, .channel_mult_emb = 4, .dropout = 0.13f, .gn_groups = 16,
-                    .gn_min_channels = 4, .n_stages = 3, .dec_channels = {192, 128, 16},
-                    .boundaries = MS_BOUNDARIES, .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f}},
-    {"mini", {.img_resolution = 28, .in_channels = 1, .out_channels = 1, .model_channels = 32,
-              .n_levels = 3, .channel_mult = {1, 2, 2}, .num_blocks = 2, .n_attn = 1,
-              .attn_resolutions = {14}, .channel_mult_emb = 4, .dropout = 0.1f, .gn_groups = 16,
-              .gn_min_channels = 4, .n_stages = 1, .dec_channels = {32},
-              .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f}},
-    {"mini-ms", {.img_resolution = 28, .in_channels = 1, .out_channels = 1, .model_channels = 32,
-                 .n_levels = 3, .channel_mult = {1, 2, 2}, .num_blocks = 2, .n_attn = 1,
-                 .attn_resolutions = {14}, .channel_mult_emb = 4, .dropout = 0.1f, .gn_groups = 16,
-                 .gn_min_channels = 4, .n_stages = 3, .dec_channels = {48, 32, 8},
-                 .boundaries = MS_BOUNDARIES, .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f}},
-    {"tiny", {.img_resolution = 8, .in_channels = 2, .out_channels = 2, .model_channels = 8,
-              .n_levels = 2, .channel_mult = {1, 2}, .num_blocks = 1, .n_attn = 1,
-              .attn_resolutions = {4}, .channel_mult_emb = 4, .dropout = 0.0f, .gn_groups = 16,
-              .gn_min_channels = 4, .n_stages = 1, .dec_channels = {8},
-              .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f}},
-    {"tiny-ms", {.img_resolution = 8, .in_channels = 2, .out_channels = 2, .model_channels = 8,
-                 .n_levels = 2, .channel_mult = {1, 2}, .num_blocks = 1, .n_attn = 1,
-                 .attn_resolutions = {4}, .channel_mult_emb = 4, .dropout = 0.0f, .gn_groups = 16,
-                 .gn_min_channels = 4, .n_stages = 2, .dec_channels = {8, 4}, .boundaries = {1.0f},
-                 .precond = MSD_PRECOND_EDM, .sigma_data = 0.5f}},
+    {"cifar10", {CIFAR10_NET, .n_stages = 1, .dec_channels = {128}}},
+    {"cifar10-ms", {CIFAR10_NET, .n_stages = 3, .dec_channels = {192, 128, 16}, .boundaries = MS_BOUNDARIES}},
+    {"mini", {MINI_NET, .n_stages = 1, .dec_channels = {32}}},
+    {"mini-ms", {MINI_NET, .n_stages = 3, .dec_channels = {48, 32, 8}, .boundaries = MS_BOUNDARIES}},
+    {"tiny", {TINY_NET, .n_stages = 1, .dec_channels = {8}}},
+    {"tiny-ms", {TINY_NET, .n_stages = 2, .dec_channels = {8, 4}, .boundaries = {1.0f}}},
 };
 #define N_PRESETS ((int)(sizeof PRESETS / sizeof PRESETS[0]))
 
