@@ -17,18 +17,14 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/msd-experiment}
-mkdir -p "$OUT"
-export PATH="$PATH:/usr/local/cuda/bin"
-T0=$(date +%s)
-step() { echo "== [$(($(date +%s) - T0)) s] $*"; }
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+source bench/device-env.sh # creates $OUT; CUDA on PATH; NVCC, step, device_deps
 DIR=runs/experiment
 N_SHIP=${N_SHIP:-${N_FINAL:-10000}}
 BACKEND=${BACKEND:-cuda}
 
 step "machine and build"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-source bench/device-env.sh || exit 1
+device_deps || exit 1
 if ! make -j"$(nproc)" NVCC="$NVCC" "${make_vars[@]}" all build/tests/test_cuda_net > "$OUT/build.log" 2>&1; then
     tail -n 30 "$OUT/build.log"
     exit 1
