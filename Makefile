@@ -47,7 +47,8 @@ endif
 ifeq ($(CUDA_ON),1)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   # sm_90 machine code plus PTX, which the driver compiles for newer GPUs. No --use_fast_math.
-  NVCCFLAGS := -O3 -std=c++17 -I. -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall -lineinfo -MMD -MP
+  # C++20 (here and in the emulator build) for designated initializers: cuda/backend.cu fills the op table by name.
+  NVCCFLAGS := -O3 -std=c++20 -I. -gencode arch=compute_90,code=[sm_90,compute_90] -Xcompiler -Wall -lineinfo -MMD -MP
   CFLAGS_BASE += -DMSD_HAVE_CUDA
   # the static runtime: the program needs only the driver (libcuda) on the machine that runs it
   LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
@@ -59,7 +60,7 @@ endif
 CXX ?= g++
 # (no fused multiply-add: the emulator rounds every product and sum, which the tests' bit-for-bit checks
 # against ref rely on, whatever the compiler's default)
-CUEMU_CXXFLAGS := -std=c++17 -I. -O2 -g -Wall -Wextra -ffp-contract=off -DMSD_CUDA_EMU -MMD -MP -x c++
+CUEMU_CXXFLAGS := -std=c++20 -I. -O2 -g -Wall -Wextra -ffp-contract=off -DMSD_CUDA_EMU -MMD -MP -x c++
 ifeq ($(SANITIZE),1)
   CUEMU_CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 endif

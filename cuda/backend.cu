@@ -171,13 +171,15 @@ float *cu_scratch(size_t n) {
 
 using namespace MSD_CUDA_NS;
 
-// The table: positional, in the order of MSD_BACKEND_OPS (which is the struct's order; backend.h's
-// static assertion checks that the list covers the struct).
-#define CU_OP(op) cu_##op,
+// The table, filled by name as ref/backend.c and fast/backend.c fill theirs: each member gets the
+// cu_ function of its own name. C++20's designated initializers must follow the struct's declaration
+// order, so MSD_BACKEND_OPS out of that order does not compile; backend.h's static assertion checks
+// that it names every member.
+#define CU_OP(op) .op = cu_##op,
 #ifdef MSD_CUDA_EMU
-extern "C" const struct msd_backend msd_backend_cuda_emu = {"cuda-emu", MSD_BACKEND_OPS(CU_OP)};
+extern "C" const struct msd_backend msd_backend_cuda_emu = {.name = "cuda-emu", MSD_BACKEND_OPS(CU_OP)};
 #else
-extern "C" const struct msd_backend msd_backend_cuda = {"cuda", MSD_BACKEND_OPS(CU_OP)};
+extern "C" const struct msd_backend msd_backend_cuda = {.name = "cuda", MSD_BACKEND_OPS(CU_OP)};
 
 // Whether this machine can run the backend: a CUDA device that can run this build's kernels (sm_90
 // code, compute_90 PTX: Hopper or newer), which then gets the backend's stream. On failure, writes why into `why` and returns 0. The answer is

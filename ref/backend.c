@@ -12,7 +12,7 @@
 #include "ref.h"
 
 // Memory is plain host memory: upload/download/copy are memcpy.
-// alloc returns NULL when memory runs out: the caller says what it was for (DESIGN.md section 10).
+// alloc returns NULL when memory runs out: the caller says what it was for (docs/DESIGN.md, Failure).
 float *ref_alloc(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
 void ref_release(float *p) { free(p); }
 void ref_upload(float *dst, const float *host_src, size_t n) { memcpy(dst, host_src, n * sizeof(float)); }

@@ -1,126 +1,111 @@
-// ref/conv.c: 2D convolution, stride 1, "same" zero padding, kernel 1 or 3, optional bias.
+// ref/conv.c: 2D convolution, stride 1, 'same' zero padding, kernel K = 1 or 3, optional bias.
 //
 // Contract of ref/: scalar C11, no intrinsics, no fast-math, readable first; reductions in double;
 // only `#pragma omp parallel for` over independent outputs; no allocation.
 // Gradients: parameters accumulate (dw +=, db +=), activations are written (dx =).
 //
-// Every loop below walks one output row at a time, accumulating it in a row of doubles (on the
-// stack, W <= 4096) one kernel tap at a time; the taps that would read outside the image are skipped
-// by clipping the loop ranges (tap_range) instead of testing every pixel. The arithmetic is the
-// definition; only the order of the loops is chosen so that the innermost runs along a row.
+// Each function is its formula, one output element at a time. The padding P = (K - 1) / 2 keeps the
+// image size; x is zero outside the image, so a term that would read there is left out of the sum
+// (the loop bounds skip it) rather than added as a product with zero, which would turn a -0 bias into
+// +0 and an infinite weight into NaN. The same three sums as GEMMs, with loops tuned for the cache and
+// AVX2, are in fast/conv.c (its header writes them as GEMMs over im2col) and fast/gemm.c.
 #include "ref.h"
 
-// For output index p of a length-n axis and kernel tap t (offset t - P), the input index is
-// p + t - P. The outputs whose input lies inside [0, n) are [lo, hi).
-static void tap_range(int t, int P, int n, int *lo, int *hi) {
-    *lo = P - t > 0 ? P - t : 0;
-    *hi = n + P - t < n ? n + P - t : n;
+// The offset of t[n, c, i, j] in a row-major tensor t of shape (N, C, H, W).
+static inline size_t at(int n, int c, int i, int j, int C, int H, int W) {
+    return (((size_t)n * C + c) * H + i) * W + j;
 }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+static inline int imin(int a, int b) { return a < b ? a : b; }
 
-// y[n, o, h, v] = b[o] + sum_{c, i, j} w[o, c, i, j] * x[n, c, h + i - P, v + j - P],  P = K/2,
-// where x outside the image is zero.
+// y[n, o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, c, i + u - P, j + v - P]
+// (x zero outside the image), summed in the order c, u, v.
 void ref_conv2d_forward(float *y, const float *x, const float *w, const float *b, int N, int C, int H,
                         int W, int OC, int K) {
     // y: (N, OC, H, W)  x: (N, C, H, W)  w: (OC, C, K, K)  b: (OC) or NULL
-    const int P = K / 2;
-#pragma omp parallel for collapse(2)
-    for (int n = 0; n < N; n++) {
-        for (int o = 0; o < OC; o++) {
-            for (int h = 0; h < H; h++) {
-                double acc[W]; // the output row y[n, o, h, :]
-                for (int v = 0; v < W; v++) acc[v] = b ? b[o] : 0.0;
-                for (int c = 0; c < C; c++) {
-                    const float *xc = x + ((size_t)n * C + c) * H * W;
-                    const float *wc = w + ((size_t)o * C + c) * K * K;
-                    for (int i = 0; i < K; i++) {
-                        const int hh = h + i - P;
-                        if (hh < 0 || hh >= H) continue;
-                        for (int j = 0; j < K; j++) {
-                            int lo, hi;
-                            tap_range(j, P, W, &lo, &hi);
-                            const double wij = wc[i * K + j];
-                            const float *xr = xc + (size_t)hh * W + (j - P);
-                            for (int v = lo; v < hi; v++) acc[v] += wij * xr[v];
-                        }
-                    }
+    const int P = (K - 1) / 2;
+#pragma omp parallel for collapse(3)
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++)
+            for (int i = 0; i < H; i++) {
+                // the taps that read inside the image: rows 0 <= i + u - P < H, columns 0 <= j + v - P < W
+                const int u0 = imax(0, P - i), u1 = imin(K, H + P - i);
+                for (int j = 0; j < W; j++) {
+                    const int v0 = imax(0, P - j), v1 = imin(K, W + P - j);
+                    double acc = b ? b[o] : 0.0;
+                    for (int c = 0; c < C; c++)
+                        for (int u = u0; u < u1; u++)
+                            for (int v = v0; v < v1; v++)
+                                acc += (double)w[at(o, c, u, v, C, K, K)] *
+                                       x[at(n, c, i + u - P, j + v - P, C, H, W)];
+                    y[at(n, o, i, j, OC, H, W)] = (float)acc;
                 }
-                float *yr = y + (((size_t)n * OC + o) * H + h) * W;
-                for (int v = 0; v < W; v++) yr[v] = (float)acc[v];
             }
-        }
-    }
 }
 
-// Forward was y[n, o, h, v] += w[o, c, i, j] * x[n, c, h + i - P, v + j - P], so
-//   dx[n, c, hh, vv] = sum_{o, i, j} dy[n, o, hh - i + P, vv - j + P] * w[o, c, i, j]
-//   dw[o, c, i, j]  += sum_{n, h, v} dy[n, o, h, v] * x[n, c, h + i - P, v + j - P]
-//   db[o]           += sum_{n, h, v} dy[n, o, h, v]
-// Each loop nest below owns its outputs, so each parallelises without races.
+// Forward was y[n, o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[n, c, i + u - P, j + v - P]:
+// each input, weight and bias gets the dy of every output it enters, times its factor there. Each
+// loop nest below owns its outputs, so each parallelises without races.
 void ref_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                          const float *w, int N, int C, int H, int W, int OC, int K) {
     // dx: (N, C, H, W) or NULL  dw: (OC, C, K, K)  db: (OC) or NULL  dy: (N, OC, H, W)
-    const int P = K / 2;
-    const size_t HW = (size_t)H * W;
+    const int P = (K - 1) / 2;
+    // x[n, c, p, q] enters y[n, o, p - u + P, q - v + P] (i = p - u + P, j = q - v + P in the forward
+    // line) with the factor w[o, c, u, v], for every o, u, v whose output lies inside the image:
+    //   dx[n, c, p, q] = sum_{o, u, v} dy[n, o, p - u + P, q - v + P] * w[o, c, u, v]
     if (dx) {
-#pragma omp parallel for collapse(2)
-        for (int n = 0; n < N; n++) {
-            for (int c = 0; c < C; c++) {
-                for (int hh = 0; hh < H; hh++) {
-                    double acc[W]; // the row dx[n, c, hh, :]
-                    for (int v = 0; v < W; v++) acc[v] = 0.0;
-                    for (int o = 0; o < OC; o++) {
-                        const float *dyo = dy + ((size_t)n * OC + o) * HW;
-                        const float *wc = w + ((size_t)o * C + c) * K * K;
-                        for (int i = 0; i < K; i++) {
-                            const int h = hh - i + P; // the output row that tap i of row h reads hh from
-                            if (h < 0 || h >= H) continue;
-                            for (int j = 0; j < K; j++) {
-                                int lo, hi; // vv with v = vv - j + P inside [0, W)
-                                tap_range(K - 1 - j, P, W, &lo, &hi);
-                                const double wij = wc[i * K + j];
-                                const float *dyr = dyo + (size_t)h * W - (j - P);
-                                for (int vv = lo; vv < hi; vv++) acc[vv] += wij * dyr[vv];
-                            }
-                        }
+#pragma omp parallel for collapse(3)
+        for (int n = 0; n < N; n++)
+            for (int c = 0; c < C; c++)
+                for (int p = 0; p < H; p++) {
+                    // the taps whose output lies inside the image: rows 0 <= p - u + P < H, columns
+                    // 0 <= q - v + P < W
+                    const int u0 = imax(0, p + P - H + 1), u1 = imin(K, p + P + 1);
+                    for (int q = 0; q < W; q++) {
+                        const int v0 = imax(0, q + P - W + 1), v1 = imin(K, q + P + 1);
+                        double acc = 0.0;
+                        for (int o = 0; o < OC; o++)
+                            for (int u = u0; u < u1; u++)
+                                for (int v = v0; v < v1; v++)
+                                    acc += (double)w[at(o, c, u, v, C, K, K)] *
+                                           dy[at(n, o, p - u + P, q - v + P, OC, H, W)];
+                        dx[at(n, c, p, q, C, H, W)] = (float)acc;
                     }
-                    float *dxr = dx + ((size_t)n * C + c) * HW + (size_t)hh * W;
-                    for (int vv = 0; vv < W; vv++) dxr[vv] = (float)acc[vv];
                 }
-            }
-        }
     }
-#pragma omp parallel for collapse(2)
-    for (int o = 0; o < OC; o++) {
-        for (int c = 0; c < C; c++) {
-            for (int i = 0; i < K; i++) {
-                for (int j = 0; j < K; j++) {
-                    int lo, hi;
-                    tap_range(j, P, W, &lo, &hi);
-                    double acc[W]; // per-column partial sums, added up at the end: a row at a time
-                    for (int v = 0; v < W; v++) acc[v] = 0.0;
-                    for (int n = 0; n < N; n++) {
-                        const float *dyo = dy + ((size_t)n * OC + o) * HW;
-                        const float *xc = x + ((size_t)n * C + c) * HW;
-                        for (int h = 0; h < H; h++) {
-                            const int hh = h + i - P;
-                            if (hh < 0 || hh >= H) continue;
-                            const float *xr = xc + (size_t)hh * W + (j - P);
-                            for (int v = lo; v < hi; v++) acc[v] += (double)dyo[(size_t)h * W + v] * xr[v];
-                        }
+    // w[o, c, u, v] enters every y[n, o, i, j] with the factor x[n, c, i + u - P, j + v - P]:
+    //   dw[o, c, u, v] += sum_{n, i, j} dy[n, o, i, j] * x[n, c, i + u - P, j + v - P]
+    // The sum is grouped by output column j: W partial sums of N * H terms each (n, then i), then
+    // their sum, which keeps every running sum shorter than one over all N * H * W terms.
+#pragma omp parallel for collapse(4)
+    for (int o = 0; o < OC; o++)
+        for (int c = 0; c < C; c++)
+            for (int u = 0; u < K; u++)
+                for (int v = 0; v < K; v++) {
+                    // the outputs whose tap (u, v) reads inside the image: rows 0 <= i + u - P < H,
+                    // columns 0 <= j + v - P < W
+                    const int i0 = imax(0, P - u), i1 = imin(H, H + P - u);
+                    const int j0 = imax(0, P - v), j1 = imin(W, W + P - v);
+                    double acc = 0.0;
+                    for (int j = j0; j < j1; j++) {
+                        double column = 0.0;
+                        for (int n = 0; n < N; n++)
+                            for (int i = i0; i < i1; i++)
+                                column += (double)dy[at(n, o, i, j, OC, H, W)] *
+                                          x[at(n, c, i + u - P, j + v - P, C, H, W)];
+                        acc += column;
                     }
-                    double sum = 0.0;
-                    for (int v = 0; v < W; v++) sum += acc[v];
-                    dw[(((size_t)o * C + c) * K + i) * K + j] += (float)sum;
+                    dw[at(o, c, u, v, C, K, K)] += (float)acc;
                 }
-            }
-        }
-    }
+    // b[o] enters every y[n, o, i, j] with the factor 1:
+    //   db[o] += sum_{n, i, j} dy[n, o, i, j]
     if (db) {
 #pragma omp parallel for
         for (int o = 0; o < OC; o++) {
             double acc = 0.0;
             for (int n = 0; n < N; n++)
-                for (size_t p = 0; p < HW; p++) acc += dy[((size_t)n * OC + o) * HW + p];
+                for (int i = 0; i < H; i++)
+                    for (int j = 0; j < W; j++) acc += dy[at(n, o, i, j, OC, H, W)];
             db[o] += (float)acc;
         }
     }

@@ -1,12 +1,13 @@
 // ref/denoiser.c: the optimal denoiser of an empirical data set: the posterior mean of the clean image
-// given a noisy one, over every image of the set (PAPER.md section 6). The stage-division algorithms
-// (common/model/cluster.h) call it through the backend table; nothing else does.
+// given a noisy one, over every image of the set (docs/METHOD.md, The optimal denoiser). The
+// stage-division algorithms (common/model/cluster.h) call it through the backend table; nothing else
+// does.
 //
 // Contract of ref/: scalar C11, no intrinsics, no fast-math, readable first; reductions in double;
 // only `#pragma omp parallel for` over independent outputs (here: the queries); no allocation (the
 // weights go to the caller's scratch w). Forward only: nothing differentiates through it.
 //
-// The formula, in the EDM form msdiff uses everywhere (z = y + sigma eps; PAPER.md's VP x_t equals
+// The formula, in the EDM form msdiff uses everywhere (z = y + sigma eps; the paper's VP x_t equals
 // s_t z with sigma = sigma_t, and w_k = exp(-||x_t - s_t y_k||^2 / (2 (s_t sigma_t)^2)) is the same
 // number, because ||x_t - s_t y_k|| = s_t ||z - y_k||):
 //   d_k = ||z - y_k||^2,  d_min = min_k d_k
@@ -23,8 +24,8 @@
 // through the data set once.
 #define PM_BLOCK 1024
 
-// ||a - b||^2 over M pixels, accumulated in double. Four partial sums: the one chain of dependent
-// additions was the op's bottleneck (four times the time at the same accuracy).
+// ||a - b||^2 over M pixels, accumulated in double. Four partial sums: one chain of dependent
+// additions would be the op's bottleneck (four times the time at the same accuracy).
 static double sqdist(const float *a, const float *b, size_t M) {
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
     size_t i = 0;
