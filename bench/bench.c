@@ -399,7 +399,7 @@ static int denoise(void *ctx, float *D, const float *x, double sigma) {
     struct samplectx *s = ctx;
     for (int i = 0; i < s->B; i++) s->sigmas[i] = sigma;
     const struct msd_forward_opts fo = {false, 0};
-    return msd_denoise_forward(s->m, D, x, s->sigmas, &fo);
+    return msd_denoise_forward(s->m, msd_config_stage_of(&s->m->cfg, sigma), D, x, s->sigmas, &fo);
 }
 static void forward(void *p) {
     struct samplectx *s = p;

@@ -175,11 +175,11 @@ void netcheck_network(const struct msd_backend *be, const char *preset, int N, u
         fill_normal(dD, n, seed + 30 + s, 1.0f);
         for (int b = 0; b < 2; b++) {
             side[b]->upload(bufs[b][0], x, n);
-            ck_assert_msg(msd_denoise_forward(m[b], bufs[b][1], bufs[b][0], sigma, &o) == 0, "%s: %s",
+            ck_assert_msg(msd_denoise_forward(m[b], s, bufs[b][1], bufs[b][0], sigma, &o) == 0, "%s: %s",
                           side[b]->name, msd_last_error());
             side[b]->fill(m[b]->grad, 0.0f, m[b]->n_floats);
             side[b]->upload(bufs[b][3], dD, n);
-            msd_denoise_backward(m[b], bufs[b][2], bufs[b][3], &o);
+            msd_denoise_backward(m[b], s, bufs[b][2], bufs[b][3], &o);
         }
         char what[128];
         double err, scale;
@@ -403,7 +403,8 @@ static int denoise(void *ctx, float *D, const float *x, double sigma) {
     const size_t n = (size_t)d->N * d->m->cfg.in_channels * d->m->cfg.img_resolution * d->m->cfg.img_resolution;
     for (int i = 0; i < d->N; i++) d->sigma[i] = sigma;
     const struct msd_forward_opts fo = {false, 0};
-    if (msd_denoise_forward(d->m, D, x, d->sigma, &fo) != 0) return -1;
+    const int stage = msd_config_stage_of(&d->m->cfg, sigma);
+    if (msd_denoise_forward(d->m, stage, D, x, d->sigma, &fo) != 0) return -1;
     if (d->k >= d->evals) return msd_set_error("more than %d evaluations", d->evals);
     be->download(d->host, x, n);
     d->xmax[d->k] = max_abs(d->host, n);

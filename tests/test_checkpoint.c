@@ -338,7 +338,8 @@ static float *denoise(struct msd_model *m, const float *x_host, size_t n, double
     be->upload(x, x_host, n);
     const double s[2] = {sigma, sigma};
     struct msd_forward_opts o = {false, 0};
-    ck_assert_msg(msd_denoise_forward(m, D, x, s, &o) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_denoise_forward(m, msd_config_stage_of(&m->cfg, sigma), D, x, s, &o) == 0, "%s",
+                  msd_last_error());
     be->download(out, D, n);
     be->release(x), be->release(D);
     return out;

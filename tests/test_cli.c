@@ -250,7 +250,8 @@ static void denoise_here(const char *ck, const char *input, double sigma, float 
     m.be->upload(dx, x, NB * IMG);
     double sig[NB] = {sigma, sigma, sigma};
     struct msd_forward_opts o = {.train = false};
-    ck_assert_msg(msd_denoise_forward(&m, dD, dx, sig, &o) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_denoise_forward(&m, msd_config_stage_of(&m.cfg, sigma), dD, dx, sig, &o) == 0, "%s",
+                  msd_last_error());
     m.be->download(D, dD, NB * IMG);
     m.be->release(dx);
     m.be->release(dD);

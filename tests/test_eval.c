@@ -126,7 +126,8 @@ START_TEST(model_json) {
 END_TEST
 
 // The shipped classifier on Fashion-MNIST: training images against test images are close, noise is
-// far (the sanity check of the feature space), and a set against itself is ~0.
+// far (a sanity check that the feature space separates images from noise), and a set against itself
+// is ~0.
 START_TEST(fmnist_shipped_classifier) {
     const char *cls = "models/classifier-fmnist.safetensors";
     struct test_run r = MSDIFF("eval", "--images", "fmnist", "--data", "fmnist", "--n", "1000", "--classifier", cls,
@@ -165,7 +166,8 @@ static double shipped_mse(struct msd_model *m, const float *y, int n, size_t M, 
     ck_assert(dx && dD && msd_model_plan(m, n, false) == 0);
     be->upload(dx, x, (size_t)n * M);
     const struct msd_forward_opts o = {.train = false};
-    ck_assert_msg(msd_denoise_forward(m, dD, dx, sig, &o) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_denoise_forward(m, msd_config_stage_of(&m->cfg, sigma), dD, dx, sig, &o) == 0, "%s",
+                  msd_last_error());
     be->download(D, dD, (size_t)n * M);
     for (size_t i = 0; i < (size_t)n * M; i++) {
         e_noisy += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);

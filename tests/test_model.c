@@ -2,7 +2,8 @@
 // paper's networks, and the reference dumps of EDM's and the authors' own PyTorch classes
 // (tests/data/README.md): D(x; sigma), the EDM loss and every gradient, for a unified and a
 // multistage network, on every backend this machine has (ref, and fast with AVX2/FMA), within the
-// network budgets of tests/tolerance.h (NET_D_TOL, NET_GRAD_TOL).
+// network budgets of tests/tolerance.h (NET_D_TOL, NET_GRAD_TOL); and the check of the stage a caller
+// passes to the denoiser.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +19,7 @@
 #include "tolerance.h"
 
 // ---------------------------------------------------------------------------------------------------
-// Counts (PAPER.md section 2, measured on the authors' PyTorch classes)
+// Counts (docs/METHOD.md, Architecture; measured on the authors' PyTorch classes)
 
 static void check_counts(const char *preset, size_t params, const uint64_t *macs) {
     struct msd_config cfg;
@@ -47,7 +48,8 @@ START_TEST(paper_counts) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// Reference dumps, on every backend (DESIGN.md section 8): ref, and fast where the CPU has AVX2/FMA.
+// Reference dumps, on every backend (docs/DESIGN.md, Numerics and tests): ref, and fast where the CPU
+// has AVX2/FMA.
 
 static const char *data_path(const char *file) {
     static char path[256];
@@ -120,7 +122,8 @@ static void check_reference(const struct msd_backend *be, const char *file, cons
         for (size_t i = 0; i < ny; i++) x[i] = (float)(y[i] + sigmas[c] * noise[i]);
         // D(y + sigma n; sigma)
         be->upload(bx, x, ny);
-        ck_assert(msd_denoise_forward(&m, bD, bx, sigma, &o) == 0);
+        const int stage = msd_config_stage_of(&cfg, sigmas[c]);
+        ck_assert(msd_denoise_forward(&m, stage, bD, bx, sigma, &o) == 0);
         be->download(D, bD, ny);
         snprintf(name, sizeof name, "case%d.D", c);
         float *Dref = read_tensor(&f, name, NULL);
@@ -128,7 +131,7 @@ static void check_reference(const struct msd_backend *be, const char *file, cons
         const double eD = check_rel(D, Dref, ny, NET_D_TOL, what);
         // loss and gradients
         be->fill(m.grad, 0.0f, m.n_floats);
-        double loss = msd_loss(&m, by, bn, sigma, true, bdx, NULL, &o);
+        double loss = msd_loss(&m, stage, by, bn, sigma, true, bdx, NULL, &o);
         be->download(dx, bdx, ny);
         snprintf(name, sizeof name, "case%d.loss", c);
         float *lref = read_tensor(&f, name, NULL);
@@ -139,7 +142,6 @@ static void check_reference(const struct msd_backend *be, const char *file, cons
         snprintf(what, sizeof what, "%s %s on %s", file, name, be->name);
         const double ex = check_rel(dx, gx, ny, NET_GRAD_TOL, what);
         be->download(g, m.grad, m.n_floats);
-        const int stage = msd_config_stage_of(&cfg, sigmas[c]);
         double eg = 0;
         const char *worst = "";
         for (int k = 0; k < m.n_params; k++) {
@@ -182,6 +184,42 @@ START_TEST(reference_multistage) {
 }
 END_TEST
 
+// The caller names the stage and the denoiser checks it: a batch with a sigma outside the stage, or a
+// stage the model does not have, is refused with a message (tiny-ms: stage 0 up to sigma 1, stage 1
+// above), by msd_denoise_forward and by msd_loss; msd_batch_stage refuses a batch that spans stages.
+START_TEST(stage_is_checked) {
+    const struct msd_backend *b = &msd_backend_ref;
+    struct msd_config cfg;
+    ck_assert(msd_config_preset(&cfg, "tiny-ms") == 0);
+    struct msd_model m;
+    ck_assert_msg(msd_model_create(&m, &cfg, b) == 0, "%s", msd_last_error());
+    msd_model_init_weights(&m, 1);
+    ck_assert(msd_model_plan(&m, 2, true) == 0);
+    const size_t n = 2 * (size_t)cfg.in_channels * cfg.img_resolution * cfg.img_resolution;
+    float *x = b->alloc(n), *D = b->alloc(n), *noise = b->alloc(n);
+    ck_assert(x && D && noise);
+    b->fill(x, 0.25f, n), b->fill(noise, 1.0f, n);
+    const struct msd_forward_opts o = {false, 0};
+    const double mixed[2] = {0.5, 3.0}, high[2] = {3.0, 2.0};
+    ck_assert_int_eq(msd_batch_stage(&cfg, mixed, 2), -1);
+    ck_assert_msg(strstr(msd_last_error(), "sigma[1] = 3 is in stage 1") != NULL, "%s", msd_last_error());
+    ck_assert_int_eq(msd_batch_stage(&cfg, high, 2), 1);
+    ck_assert_int_eq(msd_denoise_forward(&m, 0, D, x, mixed, &o), -1);
+    ck_assert_msg(strstr(msd_last_error(), "sigma[1] = 3 is in stage 1, the batch's stage is 0") != NULL, "%s",
+                  msd_last_error());
+    ck_assert_int_eq(msd_denoise_forward(&m, 0, D, x, high, &o), -1);
+    ck_assert_msg(strstr(msd_last_error(), "sigma[0] = 3 is in stage 1") != NULL, "%s", msd_last_error());
+    ck_assert_int_eq(msd_denoise_forward(&m, 2, D, x, high, &o), -1);
+    ck_assert_msg(strstr(msd_last_error(), "stage 2: the model has stages 0..1") != NULL, "%s", msd_last_error());
+    ck_assert_int_eq(msd_denoise_forward(&m, -1, D, x, high, &o), -1);
+    ck_assert_msg(isnan(msd_loss(&m, 0, x, noise, high, true, NULL, NULL, &o)), "msd_loss ran with a wrong stage");
+    ck_assert_msg(msd_denoise_forward(&m, 1, D, x, high, &o) == 0, "%s", msd_last_error());
+    ck_assert_msg(isfinite(msd_loss(&m, 1, x, noise, high, true, NULL, NULL, &o)), "%s", msd_last_error());
+    b->release(x), b->release(D), b->release(noise);
+    msd_model_free(&m);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("reference");
@@ -189,6 +227,7 @@ int main(void) {
     tcase_add_test(tc, paper_counts);
     tcase_add_loop_test(tc, reference_unified, 0, 2);
     tcase_add_loop_test(tc, reference_multistage, 0, 2);
+    tcase_add_test(tc, stage_is_checked);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -125,32 +125,48 @@ static void tiny_model(struct msd_model *m, const char *preset, float dropout, u
     msd_model_init_weights(m, seed);
 }
 
+// What the two step tests below train: a tiny-ms model with its state and options.
+struct trainer {
+    struct msd_model m;
+    struct msd_train_state st;
+    struct msd_train_opts o;
+};
+
+// tiny-ms with dropout and weights from seed; the default options with batch `batch` and no
+// learning-rate ramp-up; the state initialised and the model planned for the batch with gradients.
+static void trainer_init(struct trainer *t, float dropout, uint64_t seed, int batch) {
+    tiny_model(&t->m, "tiny-ms", dropout, seed);
+    msd_train_defaults(&t->o);
+    t->o.batch = batch;
+    t->o.lr_rampup = 0;
+    ck_assert(msd_train_state_init(&t->st, &t->m) == 0);
+    ck_assert(msd_model_plan(&t->m, batch, true) == 0);
+}
+
+static void trainer_free(struct trainer *t) {
+    msd_train_state_free(&t->st, &t->m);
+    msd_model_free(&t->m);
+}
+
 // A few hundred steps on the bars lower the held-out loss at fixed noise levels in both stages.
 START_TEST(training_lowers_heldout_loss) {
     struct msd_dataset train, held;
     synthetic(&train, 512, 1);
     synthetic(&held, 64, 2);
-    struct msd_model m;
-    tiny_model(&m, "tiny-ms", 0.0f, 5);
-    struct msd_train_opts o;
-    msd_train_defaults(&o);
-    o.batch = 16;
-    o.lr = 2e-3;
-    o.lr_rampup = 0;
-    o.ema_halflife = 500;
-    o.policy = MSD_POLICY_UNIFORM; // both decoders get steps
-    struct msd_train_state st;
-    ck_assert(msd_train_state_init(&st, &m) == 0);
-    ck_assert(msd_model_plan(&m, o.batch, true) == 0);
+    struct trainer t;
+    trainer_init(&t, 0.0f, 5, 16);
+    t.o.lr = 2e-3;
+    t.o.ema_halflife = 500;
+    t.o.policy = MSD_POLICY_UNIFORM; // both decoders get steps
     const double sigmas[3] = {0.2, 0.8, 3.0}; // stages 0, 0, 1 (boundary 1.0)
     double before[3], after[3], after_ema[3];
-    ck_assert(msd_eval_loss(&m, m.w, &held, 64, sigmas, 3, before) == 0);
+    ck_assert(msd_eval_loss(&t.m, t.m.w, &held, 64, sigmas, 3, before) == 0);
     for (int k = 0; k < 300; k++) {
         struct msd_step_info info;
-        ck_assert_msg(msd_train_step(&m, &st, &train, &o, &info) == 0, "%s", msd_last_error());
+        ck_assert_msg(msd_train_step(&t.m, &t.st, &train, &t.o, &info) == 0, "%s", msd_last_error());
     }
-    ck_assert(msd_eval_loss(&m, m.w, &held, 64, sigmas, 3, after) == 0);
-    ck_assert(msd_eval_loss(&m, st.ema, &held, 64, sigmas, 3, after_ema) == 0);
+    ck_assert(msd_eval_loss(&t.m, t.m.w, &held, 64, sigmas, 3, after) == 0);
+    ck_assert(msd_eval_loss(&t.m, t.st.ema, &held, 64, sigmas, 3, after_ema) == 0);
     for (int k = 0; k < 3; k++) {
         printf("held-out loss at sigma %.1f: %.4f before, %.4f after 300 steps (EMA %.4f)\n", sigmas[k], before[k],
                after[k], after_ema[k]);
@@ -158,12 +174,10 @@ START_TEST(training_lowers_heldout_loss) {
         ck_assert_msg(after_ema[k] < before[k], "sigma %g: EMA held-out loss %.4f -> %.4f", sigmas[k], before[k],
                       after_ema[k]);
     }
-    ck_assert_msg(st.adam_steps[0] == 300 && st.adam_steps[1] + st.adam_steps[2] == 300 && st.adam_steps[1] > 50 &&
-                      st.adam_steps[2] > 50,
-                  "Adam step counts: shared %ld, decoder 0 %ld, decoder 1 %ld", st.adam_steps[0], st.adam_steps[1],
-                  st.adam_steps[2]);
-    msd_train_state_free(&st, &m);
-    msd_model_free(&m);
+    const long *steps = t.st.adam_steps;
+    ck_assert_msg(steps[0] == 300 && steps[1] + steps[2] == 300 && steps[1] > 50 && steps[2] > 50,
+                  "Adam step counts: shared %ld, decoder 0 %ld, decoder 1 %ld", steps[0], steps[1], steps[2]);
+    trainer_free(&t);
     msd_data_free(&train);
     msd_data_free(&held);
 }
@@ -174,30 +188,23 @@ END_TEST
 START_TEST(only_the_routed_decoder_moves) {
     struct msd_dataset data;
     synthetic(&data, 64, 3);
-    struct msd_model m;
-    tiny_model(&m, "tiny-ms", 0.1f, 6);
-    struct msd_train_opts o;
-    msd_train_defaults(&o);
-    o.batch = 4;
-    o.lr_rampup = 0;
-    struct msd_train_state st;
-    ck_assert(msd_train_state_init(&st, &m) == 0);
-    ck_assert(msd_model_plan(&m, o.batch, true) == 0);
-    float *before = malloc(m.n_floats * sizeof(float));
+    struct trainer t;
+    trainer_init(&t, 0.1f, 6, 4);
+    const struct msd_model *m = &t.m;
+    float *before = malloc(m->n_floats * sizeof(float));
     for (int k = 0; k < 6; k++) {
-        memcpy(before, m.w, m.n_floats * sizeof(float));
+        memcpy(before, m->w, m->n_floats * sizeof(float));
         struct msd_step_info info;
-        ck_assert(msd_train_step(&m, &st, &data, &o, &info) == 0);
-        for (int p = 0; p < m.n_params; p++) {
-            const struct msd_param *q = &m.params[p];
-            const int changed = memcmp(before + q->offset, m.w + q->offset, q->numel * sizeof(float)) != 0;
+        ck_assert(msd_train_step(&t.m, &t.st, &data, &t.o, &info) == 0);
+        for (int p = 0; p < m->n_params; p++) {
+            const struct msd_param *q = &m->params[p];
+            const int changed = memcmp(before + q->offset, m->w + q->offset, q->numel * sizeof(float)) != 0;
             if (q->owner != MSD_OWNER_SHARED && q->owner != info.stage)
                 ck_assert_msg(!changed, "step %d (stage %d) changed %s", k, info.stage, q->name);
         }
     }
     free(before);
-    msd_train_state_free(&st, &m);
-    msd_model_free(&m);
+    trainer_free(&t);
     msd_data_free(&data);
 }
 END_TEST

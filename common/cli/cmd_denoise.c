@@ -48,11 +48,12 @@ static int denoise_chunks(struct msd_model *m, float *D, const float *x, int N, 
                                              2.0 * B * M * 4 / 1e6, be->name, B);
     for (int i = 0; i < B; i++) sig[i] = sigma;
     const struct msd_forward_opts opts = {.train = false, .dropout_seed = 0};
+    const int stage = msd_config_stage_of(&m->cfg, sigma); // every image is at sigma
     for (int start = 0; rc == 0 && start < N; start += B) {
         const int n = N - start < B ? N - start : B;
         if ((rc = msd_model_plan(m, n, false))) break; // re-plans only when n changes
         be->upload(dx, x + (size_t)start * M, (size_t)n * M);
-        if ((rc = msd_denoise_forward(m, dD, dx, sig, &opts))) break;
+        if ((rc = msd_denoise_forward(m, stage, dD, dx, sig, &opts))) break;
         be->download(D + (size_t)start * M, dD, (size_t)n * M);
     }
     if (dx) be->release(dx);

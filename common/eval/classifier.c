@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/core/arena.h"
 #include "common/core/error.h"
 #include "common/core/rng.h"
 #include "common/io/safetensors.h"
@@ -206,47 +207,36 @@ struct msd_cls_acts {
     float *host_logits, *host_dlogits; // host memory: (N, classes) each
 };
 
-struct plan {
-    float *base; // NULL while counting
-    size_t used;
-};
-
-static float *take(struct plan *p, size_t n) {
-    float *ptr = p->base ? p->base + p->used : NULL;
-    p->used += (n + 15) & ~(size_t)15; // 64-byte aligned pieces
-    return ptr;
-}
-
 static size_t act_size(const struct msd_classifier_config *g, int i, int N) {
     const struct layer_dims d = dims(g, i);
     return (size_t)N * d.cout * d.res * d.res;
 }
 
-static void plan_all(const struct msd_classifier *c, struct plan *p, struct msd_cls_acts *A, int N,
-                     bool with_grad) {
+static void plan_all(const struct msd_classifier *c, struct msd_arena_plan *p, struct msd_cls_acts *A,
+                     int N, bool with_grad) {
     const struct msd_classifier_config *g = &c->cfg;
     const size_t M = (size_t)g->in_channels * g->res * g->res;
     size_t big = (size_t)N * g->features;
     for (int i = 0; i < MSD_CLS_CONVS; i++) {
         const size_t s = act_size(g, i, N);
-        A->h[i] = take(p, s);
-        A->mean[i] = take(p, (size_t)N * g->groups);
-        A->rstd[i] = take(p, (size_t)N * g->groups);
-        A->g[i] = take(p, s);
-        A->a[i] = take(p, s);
+        A->h[i] = msd_arena_take(p, s);
+        A->mean[i] = msd_arena_take(p, (size_t)N * g->groups);
+        A->rstd[i] = msd_arena_take(p, (size_t)N * g->groups);
+        A->g[i] = msd_arena_take(p, s);
+        A->a[i] = msd_arena_take(p, s);
         if (s > big) big = s;
     }
-    A->p1 = take(p, act_size(g, 1, N) / 4);
-    A->p2 = take(p, act_size(g, 2, N) / 4);
-    A->fpre = take(p, (size_t)N * g->features);
-    A->feat = take(p, (size_t)N * g->features);
-    A->logits = take(p, (size_t)N * g->classes);
-    A->xb = take(p, (size_t)N * M);
+    A->p1 = msd_arena_take(p, act_size(g, 1, N) / 4);
+    A->p2 = msd_arena_take(p, act_size(g, 2, N) / 4);
+    A->fpre = msd_arena_take(p, (size_t)N * g->features);
+    A->feat = msd_arena_take(p, (size_t)N * g->features);
+    A->logits = msd_arena_take(p, (size_t)N * g->classes);
+    A->xb = msd_arena_take(p, (size_t)N * M);
     if ((size_t)N * M > big) big = (size_t)N * M;
     if (with_grad) {
-        A->dlogits = take(p, (size_t)N * g->classes);
-        A->d0 = take(p, big);
-        A->d1 = take(p, big);
+        A->dlogits = msd_arena_take(p, (size_t)N * g->classes);
+        A->d0 = msd_arena_take(p, big);
+        A->d1 = msd_arena_take(p, big);
     }
 }
 
@@ -278,10 +268,10 @@ int msd_classifier_plan(struct msd_classifier *c, int N, bool with_grad) {
         c->adam_step = 0;
     }
     struct msd_cls_acts *A = xcalloc(1, sizeof *A);
-    struct plan p = {NULL, 0};
+    struct msd_arena_plan p = {NULL, 0};
     plan_all(c, &p, A, N, with_grad);
     const size_t total = p.used;
-    p = (struct plan){be->alloc(total), 0};
+    p = (struct msd_arena_plan){be->alloc(total), 0};
     if (!p.base) {
         free(A);
         return msd_set_error("cannot allocate %.1f MB of classifier activations for batch %d on backend %s",

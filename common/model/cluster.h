@@ -1,5 +1,5 @@
-// cluster.h: stage division (timestep clustering), PAPER.md section 6: where to cut the noise range
-// into stages, by every method the paper compares.
+// cluster.h: stage division (timestep clustering; docs/METHOD.md, Stage division): where to cut the
+// noise range into stages, by every method the paper compares.
 //
 //   denoiser     the paper's Algorithm 1 on the optimal denoiser of an empirical data set: K samples
 //                (y, eps, t); S0 = the fraction of pixels where the optimal epsilon-denoiser is within
@@ -39,7 +39,7 @@
 #define MSD_CLUSTER_MAX_GRID 2000
 
 // ---------------------------------------------------------------------------------------------------
-// Conversions (VP schedule, PAPER.md section 3 and 6)
+// Conversions (VP schedule; docs/METHOD.md, Preconditioning and losses, and Stage division)
 
 // sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), the EDM noise level of VP time t.
 double msd_cluster_sigma(double t);

@@ -10,7 +10,7 @@
 //             concat(x, skip), then RxR_aux_norm -> silu -> RxR_aux_conv        (one per stage)
 // A unified model is one stage; "separate" gives every stage its own mapping and encoder too.
 //
-// Memory (DESIGN.md section 3): one buffer each for parameters, gradients, Adam moments and EMA,
+// Memory (docs/DESIGN.md, Tensors and memory): one buffer each for parameters, gradients, Adam moments and EMA,
 // laid out by the parameter table; one activation arena planned for a batch size. The forward pass
 // keeps per block only what cannot be recomputed cheaply (conv outputs, attention tensors,
 // normalisation statistics); the backward pass recomputes the rest (normalised and activated inputs,
@@ -61,7 +61,8 @@ struct msd_block_act {
     float *mean0, *rstd0, *mean1, *rstd1, *mean2, *rstd2; // (N, groups)
     float *emb_bias; // (N, cout): affine(emb)
     float *h;        // (N, cout, Ho, Wo): conv0(...) + emb_bias, norm1's input
-    float *o;        // (N, cout, Ho, Wo): the residual output; == out without attention
+    float *resid;    // (N, cout, Ho, Wo): the residual part's output, (conv1(..) + skip(x)) sqrt(1/2);
+                     // attention's input, and == out without attention
     float *qkv;      // (N, 3 cout, Ho*Wo)   attention blocks only
     float *attw;     // (N, Ho*Wo, Ho*Wo)
     float *a;        // (N, cout, Ho*Wo)
@@ -160,13 +161,13 @@ struct msd_forward_opts {
 };
 
 // out: (N, out_channels, R, R)  x_in: (N, in_channels, R, R)  c_noise: (N), all backend memory.
-// N must be the planned batch size. Keeps what the backward pass needs.
+// N must be the planned batch size. Keeps in the activation arena what the backward pass needs.
 void msd_unet_forward(struct msd_model *m, int stage, float *out, const float *x_in,
                       const float *c_noise, const struct msd_forward_opts *opts);
 // dout: (N, out_channels, R, R) -> dx_in (written, or NULL) and parameter gradients accumulated into
-// m->grad (the shared part and decoder `stage` only). Must follow msd_unet_forward of the same
-// stage and inputs. dout is left unchanged.
-void msd_unet_backward(struct msd_model *m, int stage, float *dx_in, const float *dout,
+// m->grad (the shared part and decoder `stage` only). Must follow msd_unet_forward with the same
+// stage, x_in and opts (it reads the activations that call left in the arena). dout is left unchanged.
+void msd_unet_backward(struct msd_model *m, int stage, float *dx_in, const float *dout, const float *x_in,
                        const struct msd_forward_opts *opts);
 
 #endif

@@ -14,14 +14,20 @@
 #include "common/core/error.h"
 #include "common/core/util.h"
 
-// Buffers of the denoiser and the loss, for the planned batch size N.
+// Buffers of the denoiser and the loss, for the planned batch size N. All backend memory but vec.
 struct msd_dbufs {
     int N;
-    float *vec;                                         // host staging for the (N) vectors
-    float *c_skip, *c_out, *c_in, *c_noise, *a, *b;     // (N), backend
-    float *x_in, *F, *x, *D, *dF, *dx_in, *dD;          // (N, C, R, R), backend
-    float *sq;                                          // (N) per-sample squared errors
-    int stage;
+    float *vec;               // host staging for the (N) vectors
+    // kept by msd_denoise_forward for msd_denoise_backward
+    float *c_skip, *c_out, *c_in; // (N): the coefficients of the batch's sigmas
+    float *x_in;              // (N, C, R, R): c_in x, the network's input
+    // the denoiser's working buffers
+    float *c_noise;           // (N)
+    float *F, *dF, *dx_in;    // (N, C, R, R): the network's output, its gradient, dL/dx_in
+    // the loss's: x = y + sigma n, D = D(x; sigma), dD = dL/dD, sq: (N) per-sample squared errors, and
+    // a, b: (N) row coefficients for combine_rows
+    float *x, *D, *dD;        // (N, C, R, R)
+    float *sq, *a, *b;        // (N)
 };
 
 static size_t image_floats(const struct msd_model *m) {
@@ -99,14 +105,22 @@ void msd_precond_coefs(const struct msd_config *c, double sigma, struct msd_coef
     k->weight = s2 / (sigma * sd * sigma * sd);
 }
 
+// 0 when stage is one of the model's and every sigma[0..N) lies in it, else -1 with a message.
+static int check_stage(const struct msd_config *c, int stage, const double *sigma, int N) {
+    if (stage < 0 || stage >= c->n_stages)
+        return msd_set_error("stage %d: the model has stages 0..%d", stage, c->n_stages - 1);
+    for (int n = 0; n < N; n++) {
+        const int s = msd_config_stage_of(c, sigma[n]);
+        if (s != stage)
+            return msd_set_error("batch spans stages: sigma[%d] = %g is in stage %d, the batch's stage is %d "
+                                 "(a batch must share one decoder)", n, sigma[n], s, stage);
+    }
+    return 0;
+}
+
 int msd_batch_stage(const struct msd_config *c, const double *sigma, int N) {
     const int s = msd_config_stage_of(c, sigma[0]);
-    for (int n = 1; n < N; n++)
-        if (msd_config_stage_of(c, sigma[n]) != s)
-            return msd_set_error("batch spans stages: sigma[0] = %g is in stage %d, sigma[%d] = %g in "
-                                 "stage %d (a batch must share one decoder)",
-                                 sigma[0], s, n, sigma[n], msd_config_stage_of(c, sigma[n]));
-    return s;
+    return check_stage(c, s, sigma, N) < 0 ? -1 : s;
 }
 
 // Upload f(sigma_n) for every n into the backend vector dst.
@@ -129,21 +143,19 @@ static double get_weight_times(const struct msd_coefs *k, double x) { return k->
 // ---------------------------------------------------------------------------------------------------
 // Denoiser
 
-int msd_denoise_forward(struct msd_model *m, float *D, const float *x, const double *sigma,
-                        const struct msd_forward_opts *o) {
+int msd_denoise_forward(struct msd_model *m, int stage, float *D, const float *x, const double *sigma,
+                        const struct msd_forward_opts *opts) {
     const int N = msd_model_batch(m);
     struct msd_dbufs *d = dbufs(m, N);
     if (!d) return -1;
     const size_t M = image_floats(m);
-    const int stage = msd_batch_stage(&m->cfg, sigma, N);
-    if (stage < 0) return -1;
-    d->stage = stage;
+    if (check_stage(&m->cfg, stage, sigma, N) < 0) return -1;
     upload_vec(m, d, d->c_skip, sigma, get_c_skip, 0);
     upload_vec(m, d, d->c_out, sigma, get_c_out, 0);
     upload_vec(m, d, d->c_in, sigma, get_c_in, 0);
     upload_vec(m, d, d->c_noise, sigma, get_c_noise, 0);
     m->be->scale_rows(d->x_in, x, d->c_in, N, M);
-    msd_unet_forward(m, stage, d->F, d->x_in, d->c_noise, o);
+    msd_unet_forward(m, stage, d->F, d->x_in, d->c_noise, opts);
     m->be->combine_rows(D, d->c_skip, x, d->c_out, d->F, N, M);
     return 0;
 }
@@ -151,25 +163,29 @@ int msd_denoise_forward(struct msd_model *m, float *D, const float *x, const dou
 int msd_batch_denoise(void *ctx, float *D, const float *x, double sigma) {
     struct msd_batch_denoiser *d = ctx;
     for (int i = 0; i < d->n; i++) d->sigmas[i] = sigma;
-    const struct msd_forward_opts fo = {false, 0};
-    return msd_denoise_forward(d->m, D, x, d->sigmas, &fo);
+    const int stage = msd_config_stage_of(&d->m->cfg, sigma); // the whole batch is at this sigma
+    const struct msd_forward_opts opts = {false, 0};
+    return msd_denoise_forward(d->m, stage, D, x, d->sigmas, &opts);
 }
 
-void msd_denoise_backward(struct msd_model *m, float *dx, const float *dD, const struct msd_forward_opts *o) {
+void msd_denoise_backward(struct msd_model *m, int stage, float *dx, const float *dD,
+                          const struct msd_forward_opts *opts) {
     struct msd_dbufs *d = m->dbufs;
+    CHECK(d != NULL && d->N == msd_model_batch(m), "msd_denoise_backward without msd_denoise_forward");
+    CHECK(stage >= 0 && stage < m->cfg.n_stages, "stage %d of %d", stage, m->cfg.n_stages);
     const int N = d->N;
     const size_t M = image_floats(m);
-    // D = c_skip x + c_out F(c_in x)
+    // D = c_skip x + c_out F(x_in), x_in = c_in x
     m->be->scale_rows(d->dF, dD, d->c_out, N, M);
-    msd_unet_backward(m, d->stage, dx ? d->dx_in : NULL, d->dF, o);
+    msd_unet_backward(m, stage, dx ? d->dx_in : NULL, d->dF, d->x_in, opts);
     if (dx) m->be->combine_rows(dx, d->c_skip, dD, d->c_in, d->dx_in, N, M);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Loss
 
-double msd_loss(struct msd_model *m, const float *y, const float *n, const double *sigma, bool backward,
-                float *dx, double *per_sample, const struct msd_forward_opts *o) {
+double msd_loss(struct msd_model *m, int stage, const float *y, const float *n, const double *sigma,
+                bool backward, float *dx, double *per_sample, const struct msd_forward_opts *opts) {
     const int N = msd_model_batch(m);
     struct msd_dbufs *d = dbufs(m, N);
     if (!d) return NAN;
@@ -180,7 +196,7 @@ double msd_loss(struct msd_model *m, const float *y, const float *n, const doubl
     for (int i = 0; i < N; i++) d->vec[i] = (float)sigma[i];
     m->be->upload(d->b, d->vec, N);
     m->be->combine_rows(d->x, d->a, y, d->b, n, N, M);
-    if (msd_denoise_forward(m, d->D, d->x, sigma, o) < 0) return NAN;
+    if (msd_denoise_forward(m, stage, d->D, d->x, sigma, opts) < 0) return NAN;
     // loss = (1/N) sum_n w_n ||D_n - y_n||^2, the squared errors summed in double per sample
     m->be->sqerr_rows(d->sq, d->D, y, N, M);
     m->be->download(d->vec, d->sq, N);
@@ -198,6 +214,6 @@ double msd_loss(struct msd_model *m, const float *y, const float *n, const doubl
     upload_vec(m, d, d->a, sigma, get_weight_times, 2.0 / N);
     upload_vec(m, d, d->b, sigma, get_weight_times, -2.0 / N);
     m->be->combine_rows(d->dD, d->a, d->D, d->b, y, N, M);
-    msd_denoise_backward(m, dx, d->dD, o);
+    msd_denoise_backward(m, stage, dx, d->dD, opts);
     return loss;
 }

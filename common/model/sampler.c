@@ -175,10 +175,11 @@ static int sample_heun(struct run *r, float *x, const double *sigmas, int steps)
         const double gamma = (o->S_churn > 0 && o->S_min <= s && s <= o->S_max)
                                  ? fmin(o->S_churn / steps, sqrt(2.0) - 1.0) : 0.0;
         const double s_hat = s + gamma * s;
-        if (gamma > 0) { // x_hat = x + sqrt(s_hat^2 - s^2) S_noise n, the noise staged in D
+        if (gamma > 0) { // x_hat = x + sqrt(s_hat^2 - s^2) S_noise n
+            float *noise = D; // D is free until the first evaluation
             for (int b = 0; b < r->N; b++)
-                be->fill_normal(D + (size_t)b * r->M, o->seeds[b], MSD_STREAM_CHURN + (uint64_t)i, r->M);
-            be->axpby(x, (float)(sqrt(s_hat * s_hat - s * s) * o->S_noise), D, 1.0f, r->n);
+                be->fill_normal(noise + (size_t)b * r->M, o->seeds[b], MSD_STREAM_CHURN + (uint64_t)i, r->M);
+            be->axpby(x, (float)(sqrt(s_hat * s_hat - s * s) * o->S_noise), noise, 1.0f, r->n);
         }
         if (noise_pred(r, d, x, s_hat)) return -1; // d = (x_hat - D(x_hat; s_hat)) / s_hat
         const double dt = s_next - s_hat;
@@ -188,9 +189,10 @@ static int sample_heun(struct run *r, float *x, const double *sigmas, int steps)
         }
         be->copy(xn, x, r->n);
         be->axpby(xn, (float)dt, d, 1.0f, r->n);   // x_{i+1} = x_hat + dt d
-        if (noise_pred(r, D, xn, s_next)) return -1; // D now holds d'
+        float *d_next = D; // d' = (x_{i+1} - D(x_{i+1}; s_next)) / s_next, in D's buffer
+        if (noise_pred(r, d_next, xn, s_next)) return -1;
         be->axpby(x, (float)(0.5 * dt), d, 1.0f, r->n);
-        be->axpby(x, (float)(0.5 * dt), D, 1.0f, r->n); // x_{i+1} = x_hat + dt (d + d') / 2
+        be->axpby(x, (float)(0.5 * dt), d_next, 1.0f, r->n); // x_{i+1} = x_hat + dt (d + d') / 2
     }
     return 0;
 }

@@ -6,11 +6,12 @@
 // solvers (DPM-Solver, written for alpha_t, sigma_t) become these formulas with alpha = 1 and
 // lambda = log(alpha / sigma_vp) = -log(sigma). The probability-flow ODE is dx/dsigma = (x - D) / sigma.
 //
-// A sampler is one function (STYLE.md item 14): it takes a denoiser callback and a precomputed
-// schedule sigmas[0..n_sigmas). Vector work goes through the backend table only (x never visits the
-// host), and each denoiser call covers the whole batch at one noise level, so a multistage model
-// routes the batch to one decoder. What this file does not hold: the model (the callback wraps it),
-// the stage boundaries, image output.
+// A sampler is one function, so that it reads top to bottom as its algorithm: it takes a denoiser
+// callback and a precomputed schedule sigmas[0..n_sigmas). Vector work goes through the backend table
+// only (x never visits the host), and each denoiser call covers the whole batch at one noise level, so
+// a multistage model routes the batch to one decoder (msd_batch_denoise, precond.h, runs the decoder
+// of that sigma's stage; a Heun step whose two evaluations straddle a boundary uses two decoders).
+// What this file does not hold: the model (the callback wraps it), the stage boundaries, image output.
 #ifndef MSD_SAMPLER_H
 #define MSD_SAMPLER_H
 

@@ -164,7 +164,7 @@ int msd_train_step(struct msd_model *m, struct msd_train_state *st, const struct
     // loss and gradients; the weights are untouched until the loss is known to be finite
     be->fill(m->grad, 0.0f, m->n_floats);
     const struct msd_forward_opts fo = {true, o->seed + 0x9E3779B97F4A7C15ull * (uint64_t)(st->step + 1)};
-    const double loss = msd_loss(m, st->y, st->n, sigmas, true, NULL, NULL, &fo);
+    const double loss = msd_loss(m, stage, st->y, st->n, sigmas, true, NULL, NULL, &fo);
     free(sigmas);
     if (!isfinite(loss))
         return msd_set_error("step %ld: the loss is %g (stage %d); the weights are left as before this step",
@@ -225,6 +225,7 @@ int msd_eval_loss(struct msd_model *m, const float *w, const struct msd_dataset 
     const struct msd_forward_opts fo = {false, 0};
     int rc = (y && n) ? 0 : msd_set_error("eval: cannot allocate a batch of %d images", B);
     for (int k = 0; rc == 0 && k < n_sigmas; k++) {
+        const int stage = msd_config_stage_of(&m->cfg, sigmas[k]); // every image of the chunk is at sigma k
         double sum = 0;
         for (int first = 0; rc == 0 && first < count; first += B) {
             // a short last chunk is padded with images from the start and only its real ones counted
@@ -236,7 +237,7 @@ int msd_eval_loss(struct msd_model *m, const float *w, const struct msd_dataset 
                     host[(size_t)j * M + i] = msd_rng_normal(0, MSD_STREAM_EVAL, ((uint64_t)((first + j) % count) * M) + i);
             be->upload(n, host, (size_t)B * M);
             for (int j = 0; j < B; j++) sig[j] = sigmas[k];
-            if (isnan(msd_loss(m, y, n, sig, false, NULL, per, &fo))) {
+            if (isnan(msd_loss(m, stage, y, n, sig, false, NULL, per, &fo))) {
                 if (!msd_last_error()[0]) msd_set_error("held-out loss is NaN at sigma %g", sigmas[k]);
                 rc = -1;
                 break;

@@ -1,9 +1,11 @@
 // train.h: training a (multistage) denoiser: noise-level and stage sampling, one optimisation step,
 // the training state and its file, and held-out evaluation.
 //
-// One step, as EDM's training loop does it (PAPER.md sections 3-4):
+// One step, as EDM's training loop does it (docs/METHOD.md, Preconditioning and losses; Training
+// settings):
 //   pick the stage and the batch's sigmas (policy below), draw images and noise from the counter RNG,
-//   loss forward + backward through the shared part and that stage's decoder, nan_to_num on the
+//   loss forward + backward through the shared part and that stage's decoder (the stage is passed
+//   down explicitly, msd_loss(m, stage, ...)), nan_to_num on the
 //   gradients, optional clipping, lr = lr_max * min(images_seen / rampup, 1), Adam on the groups that
 //   received gradients (shared, and the stage's decoder; each keeps its own step count as PyTorch
 //   does for a parameter without gradient), then EMA with beta = 0.5^(B / min(halflife, ratio *
