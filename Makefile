@@ -56,7 +56,7 @@ ifeq ($(CUDA_ON),1)
 endif
 
 # --- The CUDA emulator: the same cuda/*.cu compiled as C++ for the CPU (cuda/emu.h), on every machine,
-# so that tests/test_cuda.c runs the CUDA kernels' logic here as well as on a device.
+# so that tests/test_cuda*.c run the CUDA kernels' logic here as well as on a device.
 CXX ?= g++
 # (no fused multiply-add: the emulator rounds every product and sum, which the tests' bit-for-bit checks
 # against ref rely on, whatever the compiler's default)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/device-check.sh: the CUDA backend's whole check on a GPU machine, in one run of under 8 minutes:
 #   1. build for sm_90 (unpacking the Debian packages of .device/debs when the machine lacks them);
-#   2. the CUDA conformance suites against ref (tests/test_cuda.c, tests/test_cuda_net.c);
-#   3. compute-sanitizer's memcheck, racecheck and synccheck on the op suite at its small shapes;
+#   2. the CUDA conformance suites against ref (tests/test_cuda_*.c: the op suites, and the network's);
+#   3. compute-sanitizer's memcheck, racecheck and synccheck on the op suites at their small shapes;
 #   4. benchmarks: msdiff's training step (mini and cifar10, batch 128) and sampling forward (batch 512)
 #      next to PyTorch eager fp32 with TF32 off on the same GPU (bench/torch_compare.py), and msdiff's
 #      per-op timings at the mini shapes;
@@ -48,12 +48,15 @@ PY=$(command -v python3 || echo python3-not-found)
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tee "$OUT/torch.txt"
 row "GPU" "$(head -n 1 "$OUT/gpu.txt")"
 
+# The op suites (tests/test_cuda_*.c but the network's)
+OP_SUITES="test_cuda_memory test_cuda_elementwise test_cuda_norm test_cuda_gemm test_cuda_denoiser"
+
 step "dependencies"
 device_deps || exit 1
 
 step "build (sm_90)"
 J=$(nproc)
-if ! make -j"$J" NVCC="$NVCC" "${make_vars[@]}" all build/tests/test_cuda build/tests/test_cuda_net \
+if ! make -j"$J" NVCC="$NVCC" "${make_vars[@]}" all $(printf 'build/tests/%s ' $OP_SUITES) build/tests/test_cuda_net \
         build/bench/bench > "$OUT/build.log" 2>&1; then
     tail -n 30 "$OUT/build.log"
     row "build" "FAIL (see build.log)"
@@ -65,7 +68,7 @@ else fail "build" "built WITHOUT cuda/ (nvcc not found or NO_CUDA)"; fi
 ./msdiff backends | tee -a "$OUT/build.log"
 
 step "conformance: ops"
-run_logged test_cuda 120 build/tests/test_cuda
+for suite in $OP_SUITES; do run_logged "$suite" 120 "build/tests/$suite"; done
 
 # The benchmarks come before the longer checks, so that a run cut short still has them.
 if [ "${QUICK:-0}" != 1 ]; then
@@ -94,12 +97,15 @@ fi
 step "conformance: network, training step, Heun"
 run_logged test_cuda_net 120 build/tests/test_cuda_net
 
-step "compute-sanitizer: memcheck, racecheck, synccheck (op suite, small shapes)"
+step "compute-sanitizer: memcheck, racecheck, synccheck (op suites, small shapes)"
 if command -v compute-sanitizer > /dev/null; then
     for tool in memcheck racecheck synccheck; do
-        MSD_TEST_SMALL=1 run_logged "$tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-            build/tests/test_cuda
-        grep -m1 "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT/$tool.log" | sed "s/^/  $tool: /" | tee -a "$SUMMARY"
+        for suite in $OP_SUITES; do
+            MSD_TEST_SMALL=1 run_logged "$tool-$suite" 90 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+                "build/tests/$suite"
+            grep -m1 "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT/$tool-$suite.log" | sed "s/^/  $tool $suite: /" |
+                tee -a "$SUMMARY"
+        done
     done
 else
     fail "compute-sanitizer" "not run (no compute-sanitizer on this machine)"

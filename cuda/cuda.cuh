@@ -5,7 +5,7 @@
 // Contract of cuda/ (every file): the same functions as ref/, as CUDA kernels in fp32 (no TF32, no
 // fast-math: NaN and Inf come out as ref's), launched on one stream, asynchronous; only download and
 // sync wait. Each file comments what it computes differently from its ref/ namesake (order of sums,
-// float where ref uses double); tests/test_cuda.c holds it to bounds derived from that, on the device
+// float where ref uses double); tests/test_cuda_*.c hold it to bounds derived from that, on the device
 // when there is one and on the CPU emulator always.
 //
 // Two builds of the same sources, in two namespaces so that both can be linked into one program:

@@ -4,7 +4,7 @@
 // The same .cu files compile two ways (cuda/cuda.cuh chooses):
 //   - with nvcc, for the GPU: the backend "cuda";
 //   - with g++ -x c++ -DMSD_CUDA_EMU, against this header: the backend "cuda-emu", used only by the
-//     tests (tests/test_cuda.c runs the same conformance suite on both).
+//     tests (tests/test_cuda_*.c run the same conformance suites on both).
 //
 // How a launch runs here: blocks one after another; inside a block every thread is a fiber
 // (its own stack) on one OS thread. A thread runs until it reaches __syncthreads() (or a warp

@@ -1,7 +1,7 @@
 // netcheck.c: a backend against ref/ on whole computations (see netcheck.h): the network per stage,
 // two training steps, a Heun run.
 //
-// tests/test_fast.c and tests/test_fast_gemm.c (and tests/test_cuda.c) hold every op to rigorous
+// tests/test_fast.c and tests/test_fast_gemm.c (and tests/test_cuda_*.c) hold every op to rigorous
 // per-element bounds; these checks hold what they cannot: the graph's wiring, the per-sample scalars,
 // the activation arena, the training step and the sampler, on a real network (`mini-ms`) and the
 // cheap `tiny-ms`. Weights: EDM's initialisation, then the layers EDM starts at 1e-5 (conv1, proj,

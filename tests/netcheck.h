@@ -1,6 +1,6 @@
-// netcheck.h: a backend against ref/ on whole computations (docs/DESIGN.md, Numerics and tests): the
-// network D(x; sigma) and its gradients for every stage, two training steps, and a Heun sampler run,
-// each on both backends from the same weights and inputs. tests/test_fast_net.c runs them for fast/,
+// netcheck.h: a backend against ref/ on whole computations (docs/DESIGN.md, Tests): the network
+// D(x; sigma) and its gradients for every stage, two training steps, and a Heun sampler run, each on
+// both backends from the same weights and inputs. tests/test_fast_net.c runs them for fast/,
 // tests/test_cuda_net.c for cuda/ (on the device, and on the CPU emulator).
 //
 // Every check prints one line, "<backend>-net <what> ...", with the max error and its bound, and

@@ -48,13 +48,7 @@ static void make_model(struct msd_model *m, const char *preset) {
     ck_assert_msg(msd_config_preset(&cfg, preset) == 0, "%s", msd_last_error());
     ck_assert_msg(msd_model_create(m, &cfg, be) == 0, "%s: %s", preset, msd_last_error());
     msd_model_init_weights(m, SEED);
-    float *w = malloc(m->n_floats * sizeof *w), *d = malloc(m->n_floats * sizeof *d);
-    ck_assert(w && d);
-    be->download(w, m->w, m->n_floats);
-    fill_normal(d, m->n_floats, SEED + 1, 0.1f);
-    for (size_t i = 0; i < m->n_floats; i++) w[i] += d[i];
-    be->upload(m->w, w, m->n_floats);
-    free(w), free(d);
+    perturb_weights(be, m->w, m->n_floats, SEED + 1, 0.1f);
 }
 
 // Save a valid checkpoint of `preset` at path.
@@ -411,191 +405,10 @@ START_TEST(round_trip) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// 3. Bad files: the file layer
-
-START_TEST(bad_truncated) {
-    const char *good = test_path("good.safetensors"), *cut = test_path("cut.safetensors");
-    save_preset("tiny-ms", good);
-    size_t n;
-    unsigned char *b = (unsigned char *)test_read_file(good, &n);
-    uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--) hl = (hl << 8) | b[i];
-    ck_assert_msg(8 + hl < n, "test bug: header length %llu, file %zu", (unsigned long long)hl, n);
-    const size_t data = n - 8 - (size_t)hl;
-    const size_t h = 8 + (size_t)hl; // where the data starts
-    const size_t lengths[] = {0, 4, 7, 8, 8 + (size_t)hl / 2, h, h + data / 2, n - 4, n - 1};
-    for (int i = 0; i < (int)(sizeof lengths / sizeof lengths[0]); i++) {
-        test_write_file(cut, b, lengths[i]);
-        char what[96];
-        snprintf(what, sizeof what, "cut at %zu of %zu bytes", lengths[i], n);
-        // past the header the first tensor whose bytes are missing is out of range: "truncated file?"
-        EXPECT_LOAD_FAILS(cut, what, "truncated");
-    }
-    free(b);
-    remove(good), remove(cut);
-}
-END_TEST
-
-START_TEST(bad_header_length) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny", good);
-    size_t n;
-    unsigned char *b = (unsigned char *)test_read_file(good, &n);
-    const uint64_t lens[2] = {(uint64_t)n - 7, 1ull << 40}; // one byte past the end; absurd
-    const char *word[2] = {"runs past the end", "absurd"};
-    for (int c = 0; c < 2; c++) {
-        for (int i = 0; i < 8; i++) b[i] = (unsigned char)(lens[c] >> (8 * i));
-        test_write_file(bad, b, n);
-        EXPECT_LOAD_FAILS(bad, word[c], word[c]);
-    }
-    free(b);
-    remove(good), remove(bad);
-}
-END_TEST
-
-START_TEST(bad_overlapping_offsets) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny", good);
-    struct image im;
-    image_load(&im, good);
-    char *config = preset_json("tiny");
-    // tensor 5 moved back by one float: the same size, its first float is the last of tensor 4
-    size_t off = 0;
-    for (int i = 0; i < 5; i++) off += im.t[i].bytes;
-    im.t[5].fixed = true, im.t[5].begin = off - 4, im.t[5].end = off - 4 + im.t[5].bytes;
-    write_image(bad, im.t, im.n, config);
-    EXPECT_LOAD_FAILS(bad, "overlap", "overlap", im.t[5].name, im.t[4].name);
-    free(config);
-    image_free(&im);
-    remove(good), remove(bad);
-}
-END_TEST
-
-START_TEST(bad_offsets_out_of_range) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny", good);
-    struct image im;
-    image_load(&im, good);
-    char *config = preset_json("tiny");
-    size_t total = 0;
-    for (int i = 0; i < im.n; i++) total += im.t[i].bytes;
-    struct rt *t = &im.t[im.n - 1];
-    struct { uint64_t begin, end; const char *word; } cases[] = {
-        {total, total + t->bytes, "out of range"},                          // just past the end
-        {1000000000000000ull, 1000000000000000ull + t->bytes, "out of range"}, // far past, below 2^53
-        {total - t->bytes + 4, total - t->bytes, "begin > end"},
-        {0, t->bytes - 4, "size mismatch"}, // in range but not the bytes its shape needs
-    };
-    for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
-        t->fixed = true, t->begin = cases[c].begin, t->end = cases[c].end;
-        write_image(bad, im.t, im.n, config);
-        EXPECT_LOAD_FAILS(bad, cases[c].word, cases[c].word, t->name);
-    }
-    free(config);
-    image_free(&im);
-    remove(good), remove(bad);
-}
-END_TEST
-
-START_TEST(bad_dtype) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny-ms", good);
-    struct image im;
-    image_load(&im, good);
-    char *config = preset_json("tiny-ms");
-    const char *name = "model.enc.4x4_block0.conv0.weight";
-    struct rt *t = image_find(&im, name);
-    snprintf(t->dtype, sizeof t->dtype, "I32"); // the same 4 bytes per element
-    write_image(bad, im.t, im.n, config);
-    EXPECT_LOAD_FAILS(bad, "I32 tensor", name, "dtype I32", "F32");
-    snprintf(t->dtype, sizeof t->dtype, "Q4"); // not a safetensors dtype at all
-    write_image(bad, im.t, im.n, config);
-    EXPECT_LOAD_FAILS(bad, "unknown dtype", name, "unknown dtype");
-    free(config);
-    image_free(&im);
-    remove(good), remove(bad);
-}
-END_TEST
-
-// ---------------------------------------------------------------------------------------------------
-// 3. Bad files: the model layer
-
-START_TEST(bad_missing_tensor) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny-ms", good);
-    struct image im;
-    image_load(&im, good);
-    char *config = preset_json("tiny-ms");
-    const char *names[] = {"model.decs.1.8x8_aux_conv.bias", "model.map_layer0.weight",
-                           "model.enc.4x4_down.skip.weight"};
-    for (int i = 0; i < 3; i++) {
-        write_image_st(bad, im.t, im.n, config, names[i]);
-        EXPECT_LOAD_FAILS(bad, names[i], "no tensor", names[i]);
-    }
-    free(config);
-    image_free(&im);
-    remove(good), remove(bad);
-}
-END_TEST
-
-START_TEST(bad_shape) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny-ms", good);
-    struct image im;
-    image_load(&im, good);
-    char *config = preset_json("tiny-ms");
-    // the conv 8 -> 16 stored transposed: the same byte count, so only the shape check can see it
-    const char *name = "model.enc.4x4_block0.conv0.weight";
-    struct rt *t = image_find(&im, name);
-    ck_assert_msg(t->ndim == 4 && t->shape[0] == 16 && t->shape[1] == 8, "test bug: %s is %s", name,
-                  shape_str(t->ndim, t->shape));
-    t->shape[0] = 8, t->shape[1] = 16;
-    write_image_st(bad, im.t, im.n, config, NULL);
-    EXPECT_LOAD_FAILS(bad, "transposed", name, "[8, 16, 3, 3]", "[16, 8, 3, 3]");
-    t->shape[0] = 16, t->shape[1] = 8;
-    // a bias one short (its data shortened with it), and a matrix flattened to one dimension
-    const char *bias = "model.decs.0.8x8_block1.conv1.bias";
-    struct rt *u = image_find(&im, bias);
-    ck_assert(u->ndim == 1);
-    char want[32];
-    snprintf(want, sizeof want, "[%lld]", (long long)u->shape[0]);
-    u->shape[0]--, u->bytes -= 4;
-    write_image_st(bad, im.t, im.n, config, NULL);
-    char got[32];
-    snprintf(got, sizeof got, "[%lld]", (long long)u->shape[0]);
-    EXPECT_LOAD_FAILS(bad, "short bias", bias, got, want);
-    u->shape[0]++, u->bytes += 4;
-    const char *mat = "model.map_layer1.weight";
-    struct rt *v = image_find(&im, mat);
-    ck_assert(v->ndim == 2);
-    v->shape[0] *= v->shape[1], v->ndim = 1;
-    write_image_st(bad, im.t, im.n, config, NULL);
-    EXPECT_LOAD_FAILS(bad, "flattened", mat, "[1024]", "[32, 32]");
-    free(config);
-    image_free(&im);
-    remove(good), remove(bad);
-}
-END_TEST
-
-START_TEST(bad_config_metadata) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny", good);
-    struct image im;
-    image_load(&im, good);
-    write_image(bad, im.t, im.n, NULL); // no __metadata__ at all
-    EXPECT_LOAD_FAILS(bad, "no metadata", "no \"config\"");
-    write_image_st(bad, im.t, im.n, NULL, NULL);
-    EXPECT_LOAD_FAILS(bad, "no metadata (library writer)", "no \"config\"");
-    write_image(bad, im.t, im.n, "{\"img_resolution\": 8, \"in_channels\": ");
-    EXPECT_LOAD_FAILS(bad, "truncated JSON", "not valid JSON");
-    write_image(bad, im.t, im.n, "tiny");
-    EXPECT_LOAD_FAILS(bad, "a preset name instead of JSON", "not valid JSON");
-    write_image(bad, im.t, im.n, "[8, 2]");
-    EXPECT_LOAD_FAILS(bad, "not an object", "expected a JSON object");
-    image_free(&im);
-    remove(good), remove(bad);
-}
-END_TEST
+// 3. Bad files. Each case makes a bad file from a valid checkpoint of `preset` (saved afresh for the
+// case): corrupt() edits the tensors of its image (or its bytes) and writes the file, and the load
+// must fail with a message that names the file and holds every one of `words` and of the words
+// corrupt() adds (names it finds in the image). Each case is a test of its own (a loop test).
 
 // Replace the first `from` in json by `to` (json is the output of msd_config_to_json; a new string).
 static char *replace(const char *json, const char *from, const char *to) {
@@ -608,106 +421,294 @@ static char *replace(const char *json, const char *from, const char *to) {
     return out;
 }
 
-START_TEST(bad_config_values) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny", good);
-    struct image im;
-    image_load(&im, good);
-    char *json = preset_json("tiny");
-    struct { const char *from, *to, *words[3]; } cases[] = {
-        {"\"precond\":\"edm\"", "\"precond\":\"xyz\"", {"'precond'", "xyz", "\"edm\" or \"vp\""}},
-        {"\"img_resolution\":8", "\"img_resolution\":\"8\"", {"'img_resolution'", "integer", NULL}},
-        {"\"img_resolution\":8", "\"img_size\":8", {"unknown key 'img_size'", NULL, NULL}},
-        {"\"model_channels\":8", "\"model_channels\":7", {"model_channels", "even", NULL}},
-        {"\"separate\":false,", "", {"'separate'", "missing", NULL}},
-    };
-    for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
-        char *cfg = replace(json, cases[c].from, cases[c].to);
-        write_image(bad, im.t, im.n, cfg);
-        const char *w[4] = {cases[c].words[0], cases[c].words[1], cases[c].words[2], NULL};
-        expect_load_fails(bad, cfg, w);
-        free(cfg);
-    }
-    free(json);
-    image_free(&im);
-    remove(good), remove(bad);
+// Where a byte position is counted from: the file's start, the middle of the header, the start and
+// the middle of the data, the file's end.
+enum landmark { FILE_START, HEADER_MIDDLE, DATA_START, DATA_MIDDLE, FILE_END };
+
+struct bad_file {
+    const char *path;     // where the bad file goes
+    unsigned char *bytes; // the valid file
+    size_t n;
+    uint64_t hl;          // its header length
+    struct image im;      // its tensors, to edit
+    char *config;         // its config (the preset's JSON)
+    const char *more[3];  // words the message must hold that only the image knows
+    char text[2][32];     // room for words made up here
+};
+
+struct bad_case;
+typedef void (*corrupt_fn)(struct bad_file *b, const struct bad_case *c);
+
+struct bad_case {
+    const char *what;      // what is wrong with the file
+    const char *preset;    // the valid checkpoint it is made from
+    corrupt_fn corrupt;    // how
+    enum landmark from;    // a byte position: `at` bytes from `from`
+    long long at;          // (or a tensor's index, or which variant)
+    const char *tensor;    // the tensor it spoils
+    const char *text;      // a dtype, a config, the config text to replace
+    const char *with;      // what replaces `text`
+    const float *values;   // a resample filter's four values
+    const char *words[4];  // what the message must hold
+};
+
+static size_t position(const struct bad_file *b, enum landmark from, long long at) {
+    const size_t data = 8 + (size_t)b->hl;
+    const size_t base[] = {0, 8 + (size_t)b->hl / 2, data, data + (b->n - data) / 2, b->n};
+    return (size_t)((long long)base[from] + at);
 }
-END_TEST
 
-START_TEST(bad_config_disagrees) {
-    const char *uni = test_path("tiny.safetensors"), *ms = test_path("tiny-ms.safetensors");
-    const char *bad = test_path("bad.safetensors");
-    save_preset("tiny", uni);
+static void write_edited(struct bad_file *b) { write_image(b->path, b->im.t, b->im.n, b->config); }
+
+// The file layer
+
+// The file cut to its first `at` bytes from `from`.
+static void cut(struct bad_file *b, const struct bad_case *c) {
+    test_write_file(b->path, b->bytes, position(b, c->from, c->at));
+}
+
+// The header length (the first 8 bytes, little-endian) set to `at` bytes from `from`.
+static void header_length(struct bad_file *b, const struct bad_case *c) {
+    const uint64_t len = position(b, c->from, c->at);
+    for (int i = 0; i < 8; i++) b->bytes[i] = (unsigned char)(len >> (8 * i));
+    test_write_file(b->path, b->bytes, b->n);
+}
+
+// Tensor `at` moved back by one float: the same size, its first float is the last of the one before.
+static void overlap(struct bad_file *b, const struct bad_case *c) {
+    struct rt *t = b->im.t;
+    const int k = (int)c->at;
+    size_t off = 0;
+    for (int i = 0; i < k; i++) off += t[i].bytes;
+    t[k].fixed = true, t[k].begin = off - 4, t[k].end = off - 4 + t[k].bytes;
+    b->more[0] = t[k].name, b->more[1] = t[k - 1].name;
+    write_edited(b);
+}
+
+// The last tensor's offsets: variant `at` 0 just past the data, 1 far past it (below 2^53), 2 begin
+// after end, 3 in range but 4 bytes short of what its shape needs.
+static void last_offsets(struct bad_file *b, const struct bad_case *c) {
+    struct rt *t = &b->im.t[b->im.n - 1];
+    uint64_t total = 0;
+    for (int i = 0; i < b->im.n; i++) total += b->im.t[i].bytes;
+    const uint64_t far = 1000000000000000ull, begin[] = {total, far, total - t->bytes + 4, 0};
+    const uint64_t end[] = {total + t->bytes, far + t->bytes, total - t->bytes, t->bytes - 4};
+    t->fixed = true, t->begin = begin[c->at], t->end = end[c->at];
+    b->more[0] = t->name;
+    write_edited(b);
+}
+
+static void set_dtype(struct bad_file *b, const struct bad_case *c) {
+    snprintf(image_find(&b->im, c->tensor)->dtype, sizeof b->im.t->dtype, "%s", c->text);
+    write_edited(b);
+}
+
+// The model layer
+
+// Through the library's writer, without the tensor.
+static void drop(struct bad_file *b, const struct bad_case *c) {
+    write_image_st(b->path, b->im.t, b->im.n, b->config, c->tensor);
+}
+
+// A conv 8 -> 16 stored transposed: the same byte count, so only the shape check can see it.
+static void transpose(struct bad_file *b, const struct bad_case *c) {
+    struct rt *t = image_find(&b->im, c->tensor);
+    ck_assert_msg(t->ndim == 4 && t->shape[0] == 16 && t->shape[1] == 8, "test bug: %s is %s", c->tensor,
+                  shape_str(t->ndim, t->shape));
+    t->shape[0] = 8, t->shape[1] = 16;
+    write_image_st(b->path, b->im.t, b->im.n, b->config, NULL);
+}
+
+// A bias one short, its data shortened with it: the message gives both shapes.
+static void shorten(struct bad_file *b, const struct bad_case *c) {
+    struct rt *u = image_find(&b->im, c->tensor);
+    ck_assert(u->ndim == 1);
+    snprintf(b->text[0], sizeof b->text[0], "[%lld]", (long long)u->shape[0]);
+    u->shape[0]--, u->bytes -= 4;
+    snprintf(b->text[1], sizeof b->text[1], "[%lld]", (long long)u->shape[0]);
+    b->more[0] = b->text[1], b->more[1] = b->text[0];
+    write_image_st(b->path, b->im.t, b->im.n, b->config, NULL);
+}
+
+// A matrix flattened to one dimension.
+static void flatten(struct bad_file *b, const struct bad_case *c) {
+    struct rt *v = image_find(&b->im, c->tensor);
+    ck_assert(v->ndim == 2);
+    v->shape[0] *= v->shape[1], v->ndim = 1;
+    write_image_st(b->path, b->im.t, b->im.n, b->config, NULL);
+}
+
+// The tensors with `text` as the config (NULL: no __metadata__ at all), by hand or (config_st) through
+// the library's writer.
+static void config(struct bad_file *b, const struct bad_case *c) { write_image(b->path, b->im.t, b->im.n, c->text); }
+static void config_st(struct bad_file *b, const struct bad_case *c) {
+    write_image_st(b->path, b->im.t, b->im.n, c->text, NULL);
+}
+
+// The config with `text` replaced by `with`.
+static void edit_config(struct bad_file *b, const struct bad_case *c) {
+    char *cfg = replace(b->config, c->text, c->with);
+    write_image(b->path, b->im.t, b->im.n, cfg);
+    free(cfg);
+}
+
+// The config of the preset `text` over these tensors.
+static void config_of(struct bad_file *b, const struct bad_case *c) {
+    char *cfg = preset_json(c->text);
+    write_image(b->path, b->im.t, b->im.n, cfg);
+    free(cfg);
+}
+
+// tiny's tensors with tiny-ms's decoder 1 added (its parameters, not its filters), under tiny's config.
+static void add_decoder1(struct bad_file *b, const struct bad_case *c) {
+    (void)c;
+    const char *ms = test_path("tiny-ms.safetensors");
     save_preset("tiny-ms", ms);
-    struct image iu, im;
-    image_load(&iu, uni);
+    struct image im;
     image_load(&im, ms);
-    char *cfg_uni = preset_json("tiny"), *cfg_ms = preset_json("tiny-ms");
-
-    // the config of tiny-ms over the tensors of tiny: the decoders model.decs.* are missing
-    write_image(bad, iu.t, iu.n, cfg_ms);
-    EXPECT_LOAD_FAILS(bad, "tiny-ms config, tiny tensors", "no tensor 'model.decs.0.");
-    // the config of tiny over the tensors of tiny-ms: model.dec.* is missing (the names differ, so
-    // the missing tensor is what the loader meets first)
-    write_image(bad, im.t, im.n, cfg_uni);
-    EXPECT_LOAD_FAILS(bad, "tiny config, tiny-ms tensors", "no tensor 'model.dec.");
-    // the config of tiny over tiny's tensors plus decoder 1 of tiny-ms: "unexpected tensor"
-    int n = iu.n;
+    int n = b->im.n;
     for (int i = 0; i < im.n; i++)
         if (strncmp(im.t[i].name, "model.decs.1.", 13) == 0 && !strstr(im.t[i].name, "resample_filter")) {
-            ck_assert(n < iu.n + 256);
-            iu.t[n++] = im.t[i];
+            ck_assert(n < b->im.n + 256);
+            b->im.t[n++] = im.t[i];
         }
-    ck_assert_msg(n > iu.n, "test bug: no decoder 1 in tiny-ms");
-    write_image(bad, iu.t, n, cfg_uni);
-    EXPECT_LOAD_FAILS(bad, "tiny config, extra decoder", "unexpected tensor 'model.decs.1.");
-    // a decoder of another width under the right names: shapes differ
-    char *wide = replace(cfg_ms, "\"decoders\":[8,4]", "\"decoders\":[8,8]");
-    write_image(bad, im.t, im.n, wide);
-    EXPECT_LOAD_FAILS(bad, "decoder 1 widened", "model.decs.1.", "shape");
-    free(wide), free(cfg_uni), free(cfg_ms);
-    image_free(&iu), image_free(&im);
-    remove(uni), remove(ms), remove(bad);
-}
-END_TEST
-
-START_TEST(bad_resample_filter) {
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    save_preset("tiny-ms", good);
-    struct image im;
-    image_load(&im, good);
-    char *config = preset_json("tiny-ms");
-    const char *names[] = {"model.enc.4x4_down.conv0.resample_filter",
-                           "model.decs.1.8x8_up.skip.resample_filter"};
-    static const float wrong[3][4] = {{0.25f, 0.25f, 0.25f, 0.5f}, {1, 1, 1, 1}, {0.25f, 0.25f, 0.25f, -0.25f}};
-    for (int i = 0; i < 2; i++) {
-        struct rt *t = image_find(&im, names[i]);
-        const unsigned char *keep = t->data;
-        for (int v = 0; v < 3; v++) {
-            t->data = (const unsigned char *)wrong[v];
-            write_image(bad, im.t, im.n, config);
-            EXPECT_LOAD_FAILS(bad, names[i], names[i], "box filter", "0.25");
-        }
-        t->data = keep;
-        // the right values in the wrong shape [2, 2]
-        t->ndim = 2, t->shape[0] = t->shape[1] = 2;
-        write_image(bad, im.t, im.n, config);
-        EXPECT_LOAD_FAILS(bad, names[i], names[i], "[1, 1, 2, 2]");
-        t->ndim = 4, t->shape[0] = t->shape[1] = 1, t->shape[2] = t->shape[3] = 2;
-    }
-    // a filter on a conv that does not resample is not a buffer EDM has
-    struct rt *f = image_find(&im, names[0]);
-    im.t[im.n] = *f;
-    snprintf(im.t[im.n].name, sizeof im.t[im.n].name, "model.enc.4x4_block0.conv0.resample_filter");
-    write_image(bad, im.t, im.n + 1, config);
-    EXPECT_LOAD_FAILS(bad, "stray filter", "unexpected tensor", im.t[im.n].name);
-    free(config);
+    ck_assert_msg(n > b->im.n, "test bug: no decoder 1 in tiny-ms");
+    write_image(b->path, b->im.t, n, b->config);
     image_free(&im);
-    remove(good), remove(bad);
+    remove(ms);
+}
+
+// A resample filter with `values`, or (values NULL) the right values in the wrong shape [2, 2].
+static void set_filter(struct bad_file *b, const struct bad_case *c) {
+    struct rt *t = image_find(&b->im, c->tensor);
+    if (c->values) t->data = (const unsigned char *)c->values;
+    else t->ndim = 2, t->shape[0] = t->shape[1] = 2;
+    write_edited(b);
+}
+
+// A filter on a conv that does not resample: not a buffer EDM has.
+static void stray_filter(struct bad_file *b, const struct bad_case *c) {
+    struct rt *stray = &b->im.t[b->im.n];
+    *stray = *image_find(&b->im, c->tensor);
+    snprintf(stray->name, sizeof stray->name, "%s", c->text);
+    write_image(b->path, b->im.t, b->im.n + 1, b->config);
+}
+
+#define CONV0 "model.enc.4x4_block0.conv0.weight"
+#define FILTER0 "model.enc.4x4_down.conv0.resample_filter"
+#define FILTER1 "model.decs.1.8x8_up.skip.resample_filter"
+// EDM's box filter is 0.25 everywhere: three ways to miss it
+static const float HALF[4] = {0.25f, 0.25f, 0.25f, 0.5f}, ONES[4] = {1, 1, 1, 1};
+static const float NEG[4] = {0.25f, 0.25f, 0.25f, -0.25f};
+
+static const struct bad_case BAD[] = {
+    // the file layer: cut short (past the header the first tensor whose bytes are missing is out of
+    // range: "truncated file?")
+    {"cut to 0 bytes", "tiny-ms", cut, FILE_START, 0, .words = {"truncated"}},
+    {"cut to 4 bytes", "tiny-ms", cut, FILE_START, 4, .words = {"truncated"}},
+    {"cut to 7 bytes", "tiny-ms", cut, FILE_START, 7, .words = {"truncated"}},
+    {"cut after the header length", "tiny-ms", cut, FILE_START, 8, .words = {"truncated"}},
+    {"cut in the middle of the header", "tiny-ms", cut, HEADER_MIDDLE, 0, .words = {"truncated"}},
+    {"cut after the header", "tiny-ms", cut, DATA_START, 0, .words = {"truncated"}},
+    {"cut in the middle of the data", "tiny-ms", cut, DATA_MIDDLE, 0, .words = {"truncated"}},
+    {"cut 4 bytes short", "tiny-ms", cut, FILE_END, -4, .words = {"truncated"}},
+    {"cut 1 byte short", "tiny-ms", cut, FILE_END, -1, .words = {"truncated"}},
+    // the header's length
+    {"header length one byte past the end", "tiny", header_length, FILE_END, -7, .words = {"runs past the end"}},
+    {"header length 2^40", "tiny", header_length, FILE_START, 1ll << 40, .words = {"absurd"}},
+    // offsets
+    {"tensor 5 overlapping tensor 4", "tiny", overlap, .at = 5, .words = {"overlap"}},
+    {"last tensor just past the data", "tiny", last_offsets, .at = 0, .words = {"out of range"}},
+    {"last tensor far past the data", "tiny", last_offsets, .at = 1, .words = {"out of range"}},
+    {"last tensor's begin after its end", "tiny", last_offsets, .at = 2, .words = {"begin > end"}},
+    {"last tensor 4 bytes short", "tiny", last_offsets, .at = 3, .words = {"size mismatch"}},
+    // dtypes: I32 has the same 4 bytes per element; Q4 is not a safetensors dtype at all
+    {"an I32 tensor", "tiny-ms", set_dtype, .tensor = CONV0, .text = "I32", .words = {CONV0, "dtype I32", "F32"}},
+    {"an unknown dtype", "tiny-ms", set_dtype, .tensor = CONV0, .text = "Q4", .words = {CONV0, "unknown dtype"}},
+
+    // the model layer: missing tensors, shapes
+    {"a decoder's bias missing", "tiny-ms", drop, .tensor = "model.decs.1.8x8_aux_conv.bias",
+     .words = {"no tensor", "model.decs.1.8x8_aux_conv.bias"}},
+    {"a mapping layer missing", "tiny-ms", drop, .tensor = "model.map_layer0.weight",
+     .words = {"no tensor", "model.map_layer0.weight"}},
+    {"a skip conv missing", "tiny-ms", drop, .tensor = "model.enc.4x4_down.skip.weight",
+     .words = {"no tensor", "model.enc.4x4_down.skip.weight"}},
+    {"a conv transposed", "tiny-ms", transpose, .tensor = CONV0, .words = {CONV0, "[8, 16, 3, 3]", "[16, 8, 3, 3]"}},
+    {"a bias one short", "tiny-ms", shorten, .tensor = "model.decs.0.8x8_block1.conv1.bias",
+     .words = {"model.decs.0.8x8_block1.conv1.bias"}},
+    {"a matrix flattened", "tiny-ms", flatten, .tensor = "model.map_layer1.weight",
+     .words = {"model.map_layer1.weight", "[1024]", "[32, 32]"}},
+    // the config metadata
+    {"no metadata", "tiny", config, .text = NULL, .words = {"no \"config\""}},
+    {"no metadata (library writer)", "tiny", config_st, .text = NULL, .words = {"no \"config\""}},
+    {"truncated JSON", "tiny", config, .text = "{\"img_resolution\": 8, \"in_channels\": ",
+     .words = {"not valid JSON"}},
+    {"a preset name instead of JSON", "tiny", config, .text = "tiny", .words = {"not valid JSON"}},
+    {"not an object", "tiny", config, .text = "[8, 2]", .words = {"expected a JSON object"}},
+    // the config's values
+    {"precond xyz", "tiny", edit_config, .text = "\"precond\":\"edm\"", .with = "\"precond\":\"xyz\"",
+     .words = {"'precond'", "xyz", "\"edm\" or \"vp\""}},
+    {"img_resolution a string", "tiny", edit_config, .text = "\"img_resolution\":8", .with = "\"img_resolution\":\"8\"",
+     .words = {"'img_resolution'", "integer"}},
+    {"an unknown key", "tiny", edit_config, .text = "\"img_resolution\":8", .with = "\"img_size\":8",
+     .words = {"unknown key 'img_size'"}},
+    {"model_channels odd", "tiny", edit_config, .text = "\"model_channels\":8", .with = "\"model_channels\":7",
+     .words = {"model_channels", "even"}},
+    {"separate missing", "tiny", edit_config, .text = "\"separate\":false,", .with = "",
+     .words = {"'separate'", "missing"}},
+    // a config that disagrees with the tensors: tiny-ms's over tiny's, the decoders model.decs.* are
+    // missing; tiny's over tiny-ms's, model.dec.* is missing (the names differ, so the missing tensor
+    // is what the loader meets first); tiny's over tiny's tensors plus a decoder; a decoder of another
+    // width under the right names
+    {"tiny-ms config, tiny tensors", "tiny", config_of, .text = "tiny-ms", .words = {"no tensor 'model.decs.0."}},
+    {"tiny config, tiny-ms tensors", "tiny-ms", config_of, .text = "tiny", .words = {"no tensor 'model.dec."}},
+    {"tiny config, extra decoder", "tiny", add_decoder1, .words = {"unexpected tensor 'model.decs.1."}},
+    {"decoder 1 widened", "tiny-ms", edit_config, .text = "\"decoders\":[8,4]", .with = "\"decoders\":[8,8]",
+     .words = {"model.decs.1.", "shape"}},
+    // EDM's resample filters: wrong values, the wrong shape, and a filter where EDM has none
+    {"filter 0 ending in 0.5", "tiny-ms", set_filter, .tensor = FILTER0, .values = HALF,
+     .words = {FILTER0, "box filter", "0.25"}},
+    {"filter 0 all ones", "tiny-ms", set_filter, .tensor = FILTER0, .values = ONES,
+     .words = {FILTER0, "box filter", "0.25"}},
+    {"filter 0 ending in -0.25", "tiny-ms", set_filter, .tensor = FILTER0, .values = NEG,
+     .words = {FILTER0, "box filter", "0.25"}},
+    {"filter 0 shaped [2, 2]", "tiny-ms", set_filter, .tensor = FILTER0, .words = {FILTER0, "[1, 1, 2, 2]"}},
+    {"filter 1 ending in 0.5", "tiny-ms", set_filter, .tensor = FILTER1, .values = HALF,
+     .words = {FILTER1, "box filter", "0.25"}},
+    {"filter 1 all ones", "tiny-ms", set_filter, .tensor = FILTER1, .values = ONES,
+     .words = {FILTER1, "box filter", "0.25"}},
+    {"filter 1 ending in -0.25", "tiny-ms", set_filter, .tensor = FILTER1, .values = NEG,
+     .words = {FILTER1, "box filter", "0.25"}},
+    {"filter 1 shaped [2, 2]", "tiny-ms", set_filter, .tensor = FILTER1, .words = {FILTER1, "[1, 1, 2, 2]"}},
+    {"a stray filter", "tiny-ms", stray_filter, .tensor = FILTER0, .text = "model.enc.4x4_block0.conv0.resample_filter",
+     .words = {"unexpected tensor", "model.enc.4x4_block0.conv0.resample_filter"}},
+};
+
+START_TEST(bad_file) {
+    const struct bad_case *c = &BAD[_i];
+    const char *good = test_path("good.safetensors");
+    struct bad_file b = {.path = test_path("bad.safetensors")};
+    save_preset(c->preset, good);
+    b.bytes = (unsigned char *)test_read_file(good, &b.n);
+    for (int i = 7; i >= 0; i--) b.hl = (b.hl << 8) | b.bytes[i];
+    ck_assert_msg(8 + b.hl < b.n, "test bug: header length %llu, file %zu", (unsigned long long)b.hl, b.n);
+    image_load(&b.im, good);
+    b.config = preset_json(c->preset);
+    c->corrupt(&b, c);
+    const char *words[8];
+    int k = 0;
+    for (int i = 0; i < 4 && c->words[i]; i++) words[k++] = c->words[i];
+    for (int i = 0; i < 3 && b.more[i]; i++) words[k++] = b.more[i];
+    words[k] = NULL;
+    expect_load_fails(b.path, c->what, words);
+    free(b.bytes), free(b.config);
+    image_free(&b.im);
+    remove(good), remove(b.path);
 }
 END_TEST
 
 START_TEST(bad_path) {
+
     EXPECT_LOAD_FAILS(test_path("does-not-exist.safetensors"), "missing file", "cannot open");
     EXPECT_LOAD_FAILS(test_tmpdir(), "a directory", "checkpoint"); // fopen of a directory, or "not a regular file"
 }
@@ -743,27 +744,8 @@ END_TEST
 
 int main(void) {
     test_tmpdir_make("checkpoint"); // before the tests fork: they share it
-    Suite *s = suite_create("checkpoint");
-    TCase *tc = tcase_create("checkpoint");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, names_unified);
-    tcase_add_test(tc, names_multistage);
-    tcase_add_test(tc, round_trip);
-    tcase_add_test(tc, bad_truncated);
-    tcase_add_test(tc, bad_header_length);
-    tcase_add_test(tc, bad_overlapping_offsets);
-    tcase_add_test(tc, bad_offsets_out_of_range);
-    tcase_add_test(tc, bad_dtype);
-    tcase_add_test(tc, bad_missing_tensor);
-    tcase_add_test(tc, bad_shape);
-    tcase_add_test(tc, bad_config_metadata);
-    tcase_add_test(tc, bad_config_values);
-    tcase_add_test(tc, bad_config_disagrees);
-    tcase_add_test(tc, bad_resample_filter);
-    tcase_add_test(tc, bad_path);
-    tcase_add_test(tc, unknown_preset);
-    suite_add_tcase(s, tc);
-    int rc = run_suite(s);
-    test_tmpdir_remove();
-    return rc;
+    const TTest *tests[] = {names_unified, names_multistage, round_trip, bad_path, unknown_preset};
+    const struct loop_test loops[] = {{bad_file, (int)TEST_COUNT(BAD)}};
+    return run_test_suite(&(struct test_suite){.name = "checkpoint", .timeout_s = 60, .tests = tests,
+                                               .n = TEST_COUNT(tests), .loops = loops, .n_loops = TEST_COUNT(loops)});
 }

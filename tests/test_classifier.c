@@ -45,13 +45,7 @@ static void make(struct msd_classifier *c, const struct msd_classifier_config *c
                  const struct msd_backend *be, uint64_t seed) {
     ck_assert_msg(msd_classifier_create(c, cfg, be) == 0, "%s", msd_last_error());
     msd_classifier_init(c, seed);
-    float *w = malloc(c->n_floats * sizeof *w), *d = malloc(c->n_floats * sizeof *d);
-    ck_assert(w && d);
-    be->download(w, c->w, c->n_floats);
-    fill_normal(d, c->n_floats, seed + 1, 0.1f);
-    for (size_t i = 0; i < c->n_floats; i++) w[i] += d[i];
-    be->upload(c->w, w, c->n_floats);
-    free(w), free(d);
+    perturb_weights(be, c->w, c->n_floats, seed + 1, 0.1f);
 }
 
 static size_t image_floats(const struct msd_classifier_config *g) {
@@ -570,20 +564,10 @@ END_TEST
 
 int main(void) {
     setup_files();
-    Suite *s = suite_create("classifier");
-    TCase *tc = tcase_create("classifier");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, gradients_match_finite_differences);
-    tcase_add_test(tc, softmax_xent_gradient);
-    tcase_add_test(tc, training_lowers_the_loss);
-    tcase_add_test(tc, save_load_round_trip);
-    tcase_add_test(tc, fast_matches_ref);
-    tcase_add_test(tc, cuda_matches_ref);
-    tcase_add_test(tc, bad_files);
-    tcase_add_test(tc, program_train_and_test);
-    tcase_add_test(tc, program_bad_input);
-    suite_add_tcase(s, tc);
-    const int rc = run_suite(s);
-    test_tmpdir_remove();
-    return rc;
+    const TTest *tests[] = {
+        gradients_match_finite_differences, softmax_xent_gradient, training_lowers_the_loss,
+        save_load_round_trip, fast_matches_ref, cuda_matches_ref, bad_files, program_train_and_test,
+        program_bad_input,
+    };
+    return run_tests("classifier", 300, tests, TEST_COUNT(tests));
 }

@@ -172,11 +172,8 @@ END_TEST
 
 START_TEST(init_overrides) {
     const char *ck = test_path("over.safetensors");
-    struct test_run r = MSDIFF("init", "--preset", "tiny-ms", "--decoders", "8,8,4", "--boundaries", "0.5,2",
-                               "--out", ck);
-    test_expect_ok(&r);
-    test_run_free(&r);
-    r = MSDIFF("info", "--model", ck);
+    MSDIFF_OK("init", "--preset", "tiny-ms", "--decoders", "8,8,4", "--boundaries", "0.5,2", "--out", ck);
+    struct test_run r = MSDIFF("info", "--model", ck);
     test_expect_ok(&r);
     ck_assert_msg(strstr(line_of(r.out, "decoder widths"), "8, 8, 4"), "--decoders not applied: %s", r.out);
     ck_assert_msg(strstr(line_of(r.out, "boundaries"), "0.5, 2"), "--boundaries not applied: %s", r.out);
@@ -184,9 +181,7 @@ START_TEST(init_overrides) {
     test_run_free(&r);
     unlink(ck);
 
-    r = MSDIFF("init", "--preset", "tiny", "--separate", "--decoders", "8,4", "--boundaries", "1", "--out", ck);
-    test_expect_ok(&r);
-    test_run_free(&r);
+    MSDIFF_OK("init", "--preset", "tiny", "--separate", "--decoders", "8,4", "--boundaries", "1", "--out", ck);
     r = MSDIFF("info", "--model", ck);
     ck_assert_msg(strstr(line_of(r.out, "kind"), "separate") && line_of(r.out, "network 1")[0],
                   "--separate not applied: %s", r.out);
@@ -275,9 +270,7 @@ static void check_denoise(const char *preset, const char *sigma_text) {
     const char *ck = test_path("dn.safetensors"), *in = test_path("dn-x.safetensors");
     const char *o1 = test_path("dn-1.safetensors"), *o2 = test_path("dn-2.safetensors");
     const char *o3 = test_path("dn-3.safetensors");
-    struct test_run r = MSDIFF("init", "--preset", preset, "--seed", "7", "--out", ck);
-    test_expect_ok(&r);
-    test_run_free(&r);
+    MSDIFF_OK("init", "--preset", preset, "--seed", "7", "--out", ck);
     write_input(in, "x", NB, 2, 8, 11);
     // the in-process reference below runs on ref, so the CLI is asked for ref too
     struct test_run a = MSDIFF("denoise", "--model", ck, "--input", in, "--sigma", sigma_text, "--out", o1,
@@ -317,9 +310,8 @@ END_TEST
 
 START_TEST(denoise_bad_input) {
     const char *ck = test_path("bad.safetensors"), *out = test_path("bad-out.safetensors");
-    struct test_run r = MSDIFF("init", "--preset", "tiny", "--out", ck);
-    test_expect_ok(&r);
-    test_run_free(&r);
+    MSDIFF_OK("init", "--preset", "tiny", "--out", ck);
+    struct test_run r;
     // wrong shapes and a missing tensor: a failure (1) naming the file, the tensor and the shape
     const struct { const char *name; int64_t n, c, res; const char *needle; } files[] = {
         {"x", 2, 3, 8, "[2, 3, 8, 8]"},
@@ -447,10 +439,8 @@ END_TEST
 // run-folder form, and a weight F16 cannot hold, which fails without a file.
 START_TEST(export_fp16) {
     const char *src = test_path("exp-src.safetensors"), *half = test_path("exp-half.safetensors");
-    struct test_run r = MSDIFF("init", "--preset", "tiny-ms", "--seed", "4", "--out", src);
-    test_expect_ok(&r);
-    test_run_free(&r);
-    r = MSDIFF("export", "--model", src, "--out", half, "--fp16");
+    MSDIFF_OK("init", "--preset", "tiny-ms", "--seed", "4", "--out", src);
+    struct test_run r = MSDIFF("export", "--model", src, "--out", half, "--fp16");
     test_expect_ok(&r);
     ck_assert_msg(strstr(r.out, "as F16") && strstr(r.out, "largest relative change"), "export printed: %s", r.out);
     test_run_free(&r);
@@ -499,23 +489,11 @@ START_TEST(export_fp16) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("cli");
-    TCase *tc = tcase_create("program");
-    tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, info_paper_counts);
-    tcase_add_test(tc, info_json);
-    tcase_add_test(tc, info_bad_lines);
-    tcase_add_test(tc, init_info_roundtrip);
-    tcase_add_test(tc, init_deterministic);
-    tcase_add_test(tc, init_overrides);
-    tcase_add_test(tc, denoise_matches_library);
-    tcase_add_test(tc, denoise_bad_input);
-    tcase_add_test(tc, dispatch_and_help);
-    tcase_add_test(tc, cli_numbers);
-    tcase_add_test(tc, export_fp16);
-    suite_add_tcase(s, tc);
     test_tmpdir_make("cli"); // before the tests fork: they share it
-    int rc = run_suite(s);
-    test_tmpdir_remove();
-    return rc;
+    const TTest *tests[] = {
+        info_paper_counts, info_json, info_bad_lines, init_info_roundtrip, init_deterministic,
+        init_overrides, denoise_matches_library, denoise_bad_input, dispatch_and_help, cli_numbers,
+        export_fp16,
+    };
+    return run_tests("cli", 600, tests, TEST_COUNT(tests));
 }

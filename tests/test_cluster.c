@@ -10,16 +10,11 @@
 //   0 or 1 by a closed-form logistic weight).
 // - The program: its output files and every bad flag a user is likely to type.
 // Fixed seeds throughout; the program runs as ./msdiff from the repository root.
-#include <fcntl.h>
-#include <dirent.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "common/core/backend.h"
 #include "common/model/cluster.h"
@@ -43,7 +38,8 @@ static const struct msd_backend *be = &msd_backend_ref;
 START_TEST(conversions) {
     // the paper's CIFAR-10 boundary t1 = 0.4420 is sigma 2.5103
     ck_assert_msg(fabs(msd_cluster_sigma(0.4420) - 2.5103) < 5e-5, "sigma(0.4420) = %.6f", msd_cluster_sigma(0.4420));
-    // (PAPER.md's second pair does not match: sigma(0.6308) = 7.4046, and 7.6577 is t = 0.6360)
+    // (the paper's second pair, docs/METHOD.md (Known numbers), does not match: sigma(0.6308) = 7.4046,
+    // and 7.6577 is t = 0.6360)
     printf("sigma(0.4420) = %.4f, sigma(0.6308) = %.4f, t(7.6577) = %.4f\n", msd_cluster_sigma(0.4420),
            msd_cluster_sigma(0.6308), msd_cluster_time(7.6577));
     for (double t = 1e-3; t <= 1.0; t += 0.0371) {
@@ -52,7 +48,8 @@ START_TEST(conversions) {
         ck_assert_msg(fabs(msd_cluster_logsnr(t) + 2 * log(s)) < 1e-9 * fmax(1, fabs(msd_cluster_logsnr(t))),
                       "log-SNR(%g) = %.17g, -2 log sigma = %.17g", t, msd_cluster_logsnr(t), -2 * log(s));
     }
-    // log-SNR from s_t as PAPER.md writes it: 2 (log s - log sqrt(1 - s^2)), log s = -t^2 19.9/4 - t 0.1/2
+    // log-SNR from s_t as docs/METHOD.md (Table 4 baselines) writes it: 2 (log s - log sqrt(1 - s^2)),
+    // log s = -t^2 19.9/4 - t 0.1/2
     const double t = 0.3, ls = -t * t * 19.9 / 4 - t * 0.1 / 2, s2 = exp(2 * ls);
     ck_assert_msg(fabs(msd_cluster_logsnr(t) - 2 * (ls - 0.5 * log(1 - s2))) < 1e-12, "log-SNR(0.3) = %.17g",
                   msd_cluster_logsnr(t));
@@ -65,7 +62,8 @@ START_TEST(table4_library) {
     printf("interval DP, snr: t1 = %.4f, t2 = %.4f (Table 4: 0.348, 0.709)\n", b[0], b[1]);
     ck_assert_msg(fabs(b[0] - 0.348) < 1e-12 && fabs(b[1] - 0.709) < 1e-12, "snr: %.17g %.17g", b[0], b[1]);
     ck_assert_int_eq(msd_cluster_interval(MSD_INTERVAL_TIMESTEP, 1000, 3, b), 0);
-    printf("interval DP, timestep: t1 = %.4f, t2 = %.4f (PAPER.md: 0.334, 0.667)\n", b[0], b[1]);
+    printf("interval DP, timestep: t1 = %.4f, t2 = %.4f (docs/METHOD.md, Table 4 baselines: 0.334, 0.667)\n", b[0],
+           b[1]);
     ck_assert_msg(fabs(b[0] - 0.334) < 1e-12 && fabs(b[1] - 0.667) < 1e-12, "timestep: %.17g %.17g", b[0], b[1]);
     // bad sizes are messages, not crashes
     ck_assert_int_eq(msd_cluster_interval(MSD_INTERVAL_SNR, 4, 3, b), -1);
@@ -76,6 +74,27 @@ END_TEST
 // ---------------------------------------------------------------------------------------------------
 // The posterior mean against closed forms
 
+// A problem: N queries z (N, M) at noise levels sigma (N) against K images data (K, M); the backend
+// gives the mean m (N, M) and the weights w (N, K), want holds the closed form.
+struct pm_problem {
+    int N, K;
+    size_t M;
+    float *data, *z, *sigma, *m, *w, *want;
+};
+
+static struct pm_problem pm_new(int N, int K, size_t M) {
+    return (struct pm_problem){N, K, M, tbuf_new((size_t)K * M), tbuf_new(N * M), tbuf_new(N), tbuf_new(N * M),
+                               tbuf_new((size_t)N * K), tbuf_new(N * M)};
+}
+
+static void pm_run(struct pm_problem *p) { be->posterior_mean(p->m, p->w, p->z, p->data, p->sigma, p->N, p->K, p->M); }
+
+// The guards of what the backend wrote, then everything freed.
+static void pm_free(struct pm_problem *p) {
+    tbuf_check(p->m, p->N * p->M, "m"), tbuf_check(p->w, (size_t)p->N * p->K, "w");
+    tbuf_free(p->data), tbuf_free(p->z), tbuf_free(p->sigma), tbuf_free(p->m), tbuf_free(p->w), tbuf_free(p->want);
+}
+
 // Two images a, b: w_b / w_a = exp(-(d_b - d_a) / (2 sigma^2)), so m = a + (b - a) p with
 // p = 1 / (1 + exp((d_b - d_a) / (2 sigma^2))), a logistic function of the difference of the squared
 // distances. Queries from near a to near b and beyond, sigma from saturated (p = 0 or 1) to flat.
@@ -83,35 +102,35 @@ START_TEST(posterior_two_images) {
     const int N = 12, K = 2;
     const size_t M = 37;
     const uint64_t seed = 11;
-    float *data = tbuf_new(K * M), *z = tbuf_new(N * M), *m = tbuf_new(N * M), *w = tbuf_new((size_t)N * K);
-    float *sigma = tbuf_new(N), *want = tbuf_new(N * M);
-    fill_uniform(data, K * M, seed, 0, 1);
-    const float *a = data, *b = data + M;
+    struct pm_problem p = pm_new(N, K, M);
+    fill_uniform(p.data, K * M, seed, 0, 1);
+    const float *a = p.data, *b = p.data + M;
     for (int n = 0; n < N; n++) {
         const double u = -0.25 + 1.5 * n / (N - 1); // position along a -> b
         for (size_t i = 0; i < M; i++)
-            z[n * M + i] = (float)(a[i] + u * (b[i] - a[i]) + 0.05 * msd_rng_normal(seed, MSD_STREAM_TEST, n * M + i));
-        sigma[n] = (float)(0.02 * pow(10.0, 3.0 * (n % 6) / 5.0)); // 0.02 .. 20
+            p.z[n * M + i] =
+                (float)(a[i] + u * (b[i] - a[i]) + 0.05 * msd_rng_normal(seed, MSD_STREAM_TEST, n * M + i));
+        p.sigma[n] = (float)(0.02 * pow(10.0, 3.0 * (n % 6) / 5.0)); // 0.02 .. 20
     }
-    be->posterior_mean(m, w, z, data, sigma, N, K, M);
+    pm_run(&p);
     for (int n = 0; n < N; n++) {
+        const float *z = p.z + n * M, *w = p.w + n * K;
         double da = 0, db = 0;
         for (size_t i = 0; i < M; i++) {
-            da += ((double)z[n * M + i] - a[i]) * ((double)z[n * M + i] - a[i]);
-            db += ((double)z[n * M + i] - b[i]) * ((double)z[n * M + i] - b[i]);
+            da += ((double)z[i] - a[i]) * ((double)z[i] - a[i]);
+            db += ((double)z[i] - b[i]) * ((double)z[i] - b[i]);
         }
-        const double p = 1.0 / (1.0 + exp((db - da) / (2.0 * sigma[n] * sigma[n])));
-        for (size_t i = 0; i < M; i++) want[n * M + i] = (float)(a[i] + (b[i] - (double)a[i]) * p);
+        const double s2 = 2.0 * p.sigma[n] * p.sigma[n], q = 1.0 / (1.0 + exp((db - da) / s2));
+        for (size_t i = 0; i < M; i++) p.want[n * M + i] = (float)(a[i] + (b[i] - (double)a[i]) * q);
         // the saved weights: the nearer image has weight 1, the other the ratio
-        const double far = exp(-fabs(db - da) / (2.0 * sigma[n] * sigma[n]));
-        ck_assert_msg(w[n * K + (da <= db ? 0 : 1)] == 1.0f, "query %d: nearer image's weight %g, want 1", n,
-                      w[n * K + (da <= db ? 0 : 1)]);
-        ck_assert_msg(fabs(w[n * K + (da <= db ? 1 : 0)] - far) <= TOL_FLT_EPS * far + 1e-45,
-                      "query %d: farther image's weight %g, want %g", n, w[n * K + (da <= db ? 1 : 0)], far);
+        const double far = exp(-fabs(db - da) / s2);
+        const int near = da <= db ? 0 : 1;
+        ck_assert_msg(w[near] == 1.0f, "query %d: nearer image's weight %g, want 1", n, w[near]);
+        ck_assert_msg(fabs(w[1 - near] - far) <= TOL_FLT_EPS * far + 1e-45,
+                      "query %d: farther image's weight %g, want %g", n, w[1 - near], far);
     }
-    assert_close(m, want, N * M, PM_TOL, seed, "posterior mean of two images");
-    tbuf_check(m, N * M, "m"), tbuf_check(w, (size_t)N * K, "w");
-    tbuf_free(data), tbuf_free(z), tbuf_free(m), tbuf_free(w), tbuf_free(sigma), tbuf_free(want);
+    assert_close(p.m, p.want, N * M, PM_TOL, seed, "posterior mean of two images");
+    pm_free(&p);
 }
 END_TEST
 
@@ -120,21 +139,19 @@ START_TEST(posterior_identical_images) {
     const int N = 5, K = 50;
     const size_t M = 29;
     const uint64_t seed = 12;
-    float *data = tbuf_new(K * M), *z = tbuf_new(N * M), *m = tbuf_new(N * M), *w = tbuf_new((size_t)N * K);
-    float *sigma = tbuf_new(N);
-    fill_uniform(data, M, seed, -1, 1);
-    for (int k = 1; k < K; k++) memcpy(data + k * M, data, M * sizeof *data);
-    fill_normal(z, N * M, seed + 1, 3.0f);
+    struct pm_problem p = pm_new(N, K, M);
+    fill_uniform(p.data, M, seed, -1, 1);
+    for (int k = 1; k < K; k++) memcpy(p.data + k * M, p.data, M * sizeof *p.data);
+    fill_normal(p.z, N * M, seed + 1, 3.0f);
     const float sig[5] = {1e-3f, 0.1f, 1.0f, 80.0f, 1e4f};
-    memcpy(sigma, sig, sizeof sig);
-    be->posterior_mean(m, w, z, data, sigma, N, K, M);
+    memcpy(p.sigma, sig, sizeof sig);
+    pm_run(&p);
     for (int n = 0; n < N; n++)
         for (size_t i = 0; i < M; i++)
-            ck_assert_msg(m[n * M + i] == data[i], "sigma %g pixel %zu: m = %.9g, the image is %.9g", sig[n], i,
-                          m[n * M + i], data[i]);
-    for (int i = 0; i < N * K; i++) ck_assert_msg(w[i] == 1.0f, "weight %d is %g, want 1", i, w[i]);
-    tbuf_check(m, N * M, "m"), tbuf_check(w, (size_t)N * K, "w");
-    tbuf_free(data), tbuf_free(z), tbuf_free(m), tbuf_free(w), tbuf_free(sigma);
+            ck_assert_msg(p.m[n * M + i] == p.data[i], "sigma %g pixel %zu: m = %.9g, the image is %.9g", sig[n], i,
+                          p.m[n * M + i], p.data[i]);
+    for (int i = 0; i < N * K; i++) ck_assert_msg(p.w[i] == 1.0f, "weight %d is %g, want 1", i, p.w[i]);
+    pm_free(&p);
 }
 END_TEST
 
@@ -146,42 +163,42 @@ START_TEST(posterior_logsumexp_60000) {
     const int K = 60000, N = 2, j0 = 123, j1 = 4567, j2 = 59999;
     const size_t M = 784;
     const uint64_t seed = 13;
-    float *data = tbuf_new((size_t)K * M), *z = tbuf_new(N * M), *m = tbuf_new(N * M), *w = tbuf_new((size_t)N * K);
-    float *sigma = tbuf_new(N), *want = tbuf_new(N * M);
-    fill_uniform(data, (size_t)K * M, seed, 0, 1);
+    struct pm_problem p = pm_new(N, K, M);
+    const float *data = p.data, *z1 = p.z + M; // z1: the midpoint query
+    fill_uniform(p.data, (size_t)K * M, seed, 0, 1);
     const double s = msd_cluster_sigma(1e-3);
     for (size_t i = 0; i < M; i++) {
-        z[i] = (float)(data[j0 * M + i] + s * msd_rng_normal(seed, MSD_STREAM_TEST, i));
-        z[M + i] = (float)(0.5 * ((double)data[j1 * M + i] + data[j2 * M + i]));
+        p.z[i] = (float)(data[j0 * M + i] + s * msd_rng_normal(seed, MSD_STREAM_TEST, i));
+        p.z[M + i] = (float)(0.5 * ((double)data[j1 * M + i] + data[j2 * M + i]));
     }
-    sigma[0] = sigma[1] = (float)s;
-    be->posterior_mean(m, w, z, data, sigma, N, K, M);
+    p.sigma[0] = p.sigma[1] = (float)s;
+    pm_run(&p);
     double d1 = 0, d2 = 0, dmin = INFINITY;
     for (size_t i = 0; i < M; i++) {
-        d1 += ((double)z[M + i] - data[j1 * M + i]) * ((double)z[M + i] - data[j1 * M + i]);
-        d2 += ((double)z[M + i] - data[j2 * M + i]) * ((double)z[M + i] - data[j2 * M + i]);
+        d1 += ((double)z1[i] - data[j1 * M + i]) * ((double)z1[i] - data[j1 * M + i]);
+        d2 += ((double)z1[i] - data[j2 * M + i]) * ((double)z1[i] - data[j2 * M + i]);
     }
     for (int k = 0; k < K; k++) {
         double d = 0;
-        for (size_t i = 0; i < M; i++) d += ((double)z[M + i] - data[k * M + i]) * ((double)z[M + i] - data[k * M + i]);
+        for (size_t i = 0; i < M; i++) d += ((double)z1[i] - data[k * M + i]) * ((double)z1[i] - data[k * M + i]);
         dmin = fmin(dmin, d);
     }
-    const double naive = -dmin / (2.0 * sigma[1] * sigma[1]);
+    const double s2 = 2.0 * p.sigma[1] * p.sigma[1], naive = -dmin / s2;
     printf("log-sum-exp at t = 1e-3, 60000 images: sigma %.5f, largest unshifted exponent %.4g (exp: %g)\n", s,
            naive, exp(naive));
     ck_assert_msg(exp(naive) == 0.0, "the test should make the unshifted weights underflow: exponent %g", naive);
-    const double p = 1.0 / (1.0 + exp((d2 - d1) / (2.0 * sigma[1] * sigma[1])));
+    const double q = 1.0 / (1.0 + exp((d2 - d1) / s2));
     for (size_t i = 0; i < M; i++) {
-        ck_assert_msg(m[i] == data[j0 * M + i], "noisy copy: pixel %zu is %.9g, image %d has %.9g", i, m[i], j0,
+        ck_assert_msg(p.m[i] == data[j0 * M + i], "noisy copy: pixel %zu is %.9g, image %d has %.9g", i, p.m[i], j0,
                       data[j0 * M + i]);
-        want[M + i] = (float)(data[j1 * M + i] + (data[j2 * M + i] - (double)data[j1 * M + i]) * p);
-        want[i] = data[j0 * M + i];
+        p.want[M + i] = (float)(data[j1 * M + i] + (data[j2 * M + i] - (double)data[j1 * M + i]) * q);
+        p.want[i] = data[j0 * M + i];
     }
-    assert_close(m, want, N * M, PM_TOL, seed, "posterior mean at t = 1e-3 over 60000 images");
+    assert_close(p.m, p.want, N * M, PM_TOL, seed, "posterior mean at t = 1e-3 over 60000 images");
     for (int k = 0; k < K; k++)
-        if (k != j1 && k != j2) ck_assert_msg(w[K + k] == 0.0f, "image %d has weight %g for the midpoint", k, w[K + k]);
-    tbuf_check(m, N * M, "m"), tbuf_check(w, (size_t)N * K, "w");
-    tbuf_free(data), tbuf_free(z), tbuf_free(m), tbuf_free(w), tbuf_free(sigma), tbuf_free(want);
+        if (k != j1 && k != j2)
+            ck_assert_msg(p.w[K + k] == 0.0f, "image %d has weight %g for the midpoint", k, p.w[K + k]);
+    pm_free(&p);
 }
 END_TEST
 
@@ -480,60 +497,8 @@ START_TEST(bad_options) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// The program
-
-static char tmpdir[64];
-
-struct run {
-    int status;
-    char out[16384], err[4096];
-};
-
-static void slurp(const char *path, char *buf, size_t n) {
-    FILE *f = fopen(path, "rb");
-    size_t got = f ? fread(buf, 1, n - 1, f) : 0;
-    buf[got] = '\0';
-    if (f) fclose(f);
-}
-
-// Run ./msdiff cluster with the NULL-terminated arguments; stdout and stderr captured.
-static struct run *cluster(const char *arg, ...) {
-    static struct run r;
-    const char *argv[48] = {"./msdiff", "cluster"};
-    int argc = 2;
-    va_list ap;
-    va_start(ap, arg);
-    for (const char *a = arg; a && argc < 47; a = va_arg(ap, const char *)) argv[argc++] = a;
-    va_end(ap);
-    argv[argc] = NULL;
-    char out[128], err[128];
-    snprintf(out, sizeof out, "%s/stdout.txt", tmpdir);
-    snprintf(err, sizeof err, "%s/stderr.txt", tmpdir);
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_msg(pid >= 0, "fork failed");
-    if (pid == 0) {
-        int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0) _exit(126);
-        execv("./msdiff", (char *const *)argv);
-        _exit(127);
-    }
-    int st;
-    ck_assert_msg(waitpid(pid, &st, 0) == pid, "waitpid failed");
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    ck_assert_msg(r.status != 127, "could not run ./msdiff (run the tests from the repository root after make)");
-    slurp(out, r.out, sizeof r.out);
-    slurp(err, r.err, sizeof r.err);
-    return &r;
-}
-
-static const char *tpath(const char *name) {
-    static char buf[8][256];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 256, "%s/%s", tmpdir, name);
-    return p;
-}
+// The program: ./msdiff cluster with the arguments, its output captured (testutil.h).
+#define CLUSTER(...) MSDIFF("cluster", __VA_ARGS__)
 
 // The boundaries line for the t values: sigma(t) as msdiff cluster prints them.
 static void boundaries_line(char *buf, size_t n, const double *t, int nb) {
@@ -542,188 +507,159 @@ static void boundaries_line(char *buf, size_t n, const double *t, int nb) {
         used += (size_t)snprintf(buf + used, n - used, "%s%.6g", i ? "," : "", msd_cluster_sigma(t[i]));
 }
 
+static int count_lines(const char *s) {
+    int lines = 0;
+    for (; *s; s++) lines += *s == '\n';
+    return lines;
+}
+
 START_TEST(cli_table4) {
-    struct run *r = cluster("--method", "snr", NULL);
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    struct test_run r = CLUSTER("--method", "snr");
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     char want[128];
     const double snr[2] = {0.348, 0.709}, ts[2] = {0.334, 0.667};
     boundaries_line(want, sizeof want, snr, 2);
-    ck_assert_msg(strstr(r->out, "t1 = 0.3480") && strstr(r->out, "t2 = 0.7090") && strstr(r->out, want),
-                  "snr output lacks t1 = 0.3480, t2 = 0.7090 or '%s':\n%s", want, r->out);
-    printf("msdiff cluster --method snr:\n%s", r->out);
-    r = cluster("--method", "timestep", "--csv", tpath("ts.csv"), NULL);
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(strstr(r.out, "t1 = 0.3480") && strstr(r.out, "t2 = 0.7090") && strstr(r.out, want),
+                  "snr output lacks t1 = 0.3480, t2 = 0.7090 or '%s':\n%s", want, r.out);
+    printf("msdiff cluster --method snr:\n%s", r.out);
+    test_run_free(&r);
+    r = CLUSTER("--method", "timestep", "--csv", test_path("ts.csv"));
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     boundaries_line(want, sizeof want, ts, 2);
-    ck_assert_msg(strstr(r->out, "t1 = 0.3340") && strstr(r->out, "t2 = 0.6670") && strstr(r->out, want),
-                  "timestep output lacks t1 = 0.3340, t2 = 0.6670 or '%s':\n%s", want, r->out);
+    ck_assert_msg(strstr(r.out, "t1 = 0.3340") && strstr(r.out, "t2 = 0.6670") && strstr(r.out, want),
+                  "timestep output lacks t1 = 0.3340, t2 = 0.6670 or '%s':\n%s", want, r.out);
     // the printed sigmas go back to the same t (what msdiff train receives)
-    const char *line = strstr(r->out, "--boundaries ");
+    const char *line = strstr(r.out, "--boundaries ");
     double s1, s2;
     ck_assert_msg(sscanf(line, "--boundaries %lf,%lf", &s1, &s2) == 2, "cannot read: %s", line);
     ck_assert_msg(fabs(msd_cluster_time(s1) - 0.334) < 1e-5 && fabs(msd_cluster_time(s2) - 0.667) < 1e-5,
                   "sigma %g %g are t %g %g", s1, s2, msd_cluster_time(s1), msd_cluster_time(s2));
+    test_run_free(&r);
     // the CSV: header and 1000 grid points, the stage changing at j = 334 and 667
-    static char csv[200000];
-    slurp(tpath("ts.csv"), csv, sizeof csv);
+    char *csv = test_read_file(test_path("ts.csv"), NULL);
     ck_assert_msg(!strncmp(csv, "j,t,sigma,f,stage\n", 18), "csv header: %.40s", csv);
     ck_assert_msg(strstr(csv, "\n333,") && strstr(strstr(csv, "\n333,"), ",0\n334,") && strstr(csv, ",1\n667,") &&
                       strstr(csv, "\n1000,"), "csv stages do not change at 334 and 667");
+    free(csv);
 }
 END_TEST
 
-// A folder of six random 8x8 gray PNGs as a data set: tmpdir/data (the outputs stay out of it).
+// A folder of six random 8x8 gray PNGs as a data set: <tmpdir>/data (the outputs stay out of it).
 static const char *write_pngs(void) {
-    static char dir[128];
-    snprintf(dir, sizeof dir, "%s/data", tmpdir);
-    mkdir(dir, 0777);
+    const char *dir = test_path("data");
+    mkdir(dir, 0777); // (the tests share the folder: it may be there already)
     float img[64];
     for (int j = 0; j < 6; j++) {
         fill_uniform(img, 64, 50 + j, -1, 1);
-        char name[32];
-        snprintf(name, sizeof name, "data/img%d.png", j);
-        ck_assert_int_eq(msd_png_write(tpath(name), img, 1, 8, 8), 0);
+        ck_assert_int_eq(msd_png_write(test_pathf("%s/img%d.png", dir, j), img, 1, 8, 8), 0);
     }
     return dir;
 }
 
 START_TEST(cli_denoiser_outputs) {
     const char *data = write_pngs();
-    struct run *r = cluster("--method", "denoiser", "--data", data, "--K", "40", "--alpha", "0.8", "--csv",
-                            tpath("s.csv"), "--plot", tpath("s.svg"), "--quiet", "--backend", "ref", NULL);
-    ck_assert_msg(r->status == 0, "exit %d: %s\n%s", r->status, r->err, r->out);
-    printf("msdiff cluster --method denoiser on 6 random 8x8 images:\n%s", r->out);
+    struct test_run r = CLUSTER("--method", "denoiser", "--data", data, "--K", "40", "--alpha", "0.8", "--csv",
+                                test_path("s.csv"), "--plot", test_path("s.svg"), "--quiet", "--backend", "ref");
+    ck_assert_msg(r.status == 0, "exit %d: %s\n%s", r.status, r.err, r.out);
+    printf("msdiff cluster --method denoiser on 6 random 8x8 images:\n%s", r.out);
     double t1, t2, s1, s2;
-    const char *p1 = strstr(r->out, "t1 = "), *p2 = strstr(r->out, "t2 = "), *pb = strstr(r->out, "--boundaries ");
+    const char *p1 = strstr(r.out, "t1 = "), *p2 = strstr(r.out, "t2 = "), *pb = strstr(r.out, "--boundaries ");
     ck_assert_msg(p1 && p2 && pb && sscanf(p1, "t1 = %lf", &t1) == 1 && sscanf(p2, "t2 = %lf", &t2) == 1 &&
-                      sscanf(pb, "--boundaries %lf,%lf", &s1, &s2) == 2, "output:\n%s", r->out);
+                      sscanf(pb, "--boundaries %lf,%lf", &s1, &s2) == 2, "output:\n%s", r.out);
     ck_assert_msg(t1 < t2 && fabs(msd_cluster_time(s1) - t1) < 1e-4 && fabs(msd_cluster_time(s2) - t2) < 1e-4,
                   "t1 %g t2 %g sigma %g %g", t1, t2, s1, s2);
-    static char buf[300000];
-    slurp(tpath("s.csv"), buf, sizeof buf);
-    int lines = 0;
-    for (const char *c = buf; *c; c++) lines += *c == '\n';
+    test_run_free(&r);
+    char *buf = test_read_file(test_path("s.csv"), NULL);
+    const int lines = count_lines(buf);
     ck_assert_msg(!strncmp(buf, "k,image,t,sigma,S0,S1\n", 22) && lines == 41, "csv: %d lines, header %.30s", lines,
                   buf);
-    slurp(tpath("s.svg"), buf, sizeof buf);
+    free(buf);
+    buf = test_read_file(test_path("s.svg"), NULL);
     ck_assert_msg(!strncmp(buf, "<svg xmlns=", 11) && strstr(buf, "</svg>\n") && strstr(buf, "t1 = ") &&
                       strstr(buf, "VP time t"), "svg: %.80s", buf);
+    free(buf);
     // a progress line goes to stderr unless --quiet
-    r = cluster("--method", "denoiser", "--data", data, "--K", "8", "--alpha", "0.5", NULL);
-    ck_assert_msg(strstr(r->err, "posterior means 8/8 (100%)"), "progress: %s", r->err);
+    r = CLUSTER("--method", "denoiser", "--data", data, "--K", "8", "--alpha", "0.5");
+    ck_assert_msg(strstr(r.err, "posterior means 8/8 (100%)"), "progress: %s", r.err);
+    test_run_free(&r);
 }
 END_TEST
 
 START_TEST(cli_similarity_outputs) {
     const char *data = write_pngs();
-    struct run *r = cluster("--method", "similarity", "--data", data, "--grid", "6", "--K", "2", "--stages", "2",
-                            "--heatmap", tpath("h.png"), "--csv", tpath("m.csv"), "--quiet", NULL);
-    ck_assert_msg(r->status == 0, "exit %d: %s\n%s", r->status, r->err, r->out);
-    ck_assert_msg(strstr(r->out, "t1 = ") && !strstr(r->out, "t2 = ") && strstr(r->out, "--boundaries "), "%s", r->out);
+    struct test_run r = CLUSTER("--method", "similarity", "--data", data, "--grid", "6", "--K", "2", "--stages", "2",
+                                "--heatmap", test_path("h.png"), "--csv", test_path("m.csv"), "--quiet");
+    ck_assert_msg(r.status == 0, "exit %d: %s\n%s", r.status, r.err, r.out);
+    ck_assert_msg(strstr(r.out, "t1 = ") && !strstr(r.out, "t2 = ") && strstr(r.out, "--boundaries "), "%s", r.out);
+    test_run_free(&r);
     uint8_t *px;
     int C, H, W;
-    ck_assert_int_eq(msd_png_read(tpath("h.png"), &px, &C, &H, &W), 0);
+    ck_assert_int_eq(msd_png_read(test_path("h.png"), &px, &C, &H, &W), 0);
     ck_assert_msg(C == 3 && H == 6 * 85 && W == 6 * 85, "heat map %dx%dx%d", C, H, W);
     free(px);
-    static char buf[100000];
-    slurp(tpath("m.csv"), buf, sizeof buf);
-    int lines = 0;
-    for (const char *c = buf; *c; c++) lines += *c == '\n';
+    char *buf = test_read_file(test_path("m.csv"), NULL);
+    const int lines = count_lines(buf);
     ck_assert_msg(!strncmp(buf, "a,b,t_a,t_b,S\n", 14) && lines == 37, "matrix csv: %d lines", lines);
+    free(buf);
 }
 END_TEST
 
-// A bad command line: exit 2 and one line on stderr naming the problem.
-static void fails(struct run *r, const char *needle) {
-    ck_assert_msg(r->status == 2, "exit %d, want 2; stderr: %s", r->status, r->err);
-    ck_assert_msg(strstr(r->err, needle), "stderr does not name '%s': %s", needle, r->err);
-    ck_assert_msg(strchr(r->err, '\n') == r->err + strlen(r->err) - 1, "want one line on stderr: %s", r->err);
+// A bad command line: exit 2 and one line on stderr naming `needle`.
+static void usage_error(const char *needle, const char *const *args) {
+    const char *argv[24] = {"./msdiff", "cluster"};
+    int argc = 2;
+    for (int i = 0; args[i] && argc < 23; i++) argv[argc++] = args[i];
+    struct test_run r = test_run_argv(argv);
+    TEST_EXPECT_FAIL(&r, 2, needle);
+    test_run_free(&r);
 }
+#define USAGE_ERROR(needle, ...) usage_error(needle, (const char *const[]){__VA_ARGS__, NULL})
 
 START_TEST(cli_bad_flags) {
     const char *data = write_pngs();
-    fails(cluster(NULL), "--method");
-    fails(cluster("--method", "kmeans", NULL), "expected denoiser, snr, timestep or similarity");
-    fails(cluster("--method", "denoiser", "--alpha", "0", NULL), "--alpha");
-    fails(cluster("--method", "denoiser", "--alpha", "1.01", NULL), "(0, 1]");
-    fails(cluster("--method", "denoiser", "--alpha", "nan", NULL), "--alpha");
-    fails(cluster("--method", "denoiser", "--K", "1", NULL), "at least 2 samples");
-    fails(cluster("--method", "denoiser", "--K", "-3", NULL), "--K");
-    fails(cluster("--method", "denoiser", "--eta", "0", NULL), "--eta");
-    fails(cluster("--method", "denoiser", "--eta", "-0.1", NULL), "--eta");
-    fails(cluster("--method", "denoiser", "--tmin", "0.6", "--tmax", "0.4", NULL), "tmin < tmax");
-    fails(cluster("--method", "denoiser", "--tmin", "0", NULL), "0 < tmin");
-    fails(cluster("--method", "denoiser", "--tmax", "1.5", NULL), "tmax <= 1");
-    fails(cluster("--method", "denoiser", "--pixels", "255", NULL), "01 ([0, 1]) or pm1");
-    fails(cluster("--method", "denoiser", "--stages", "4", NULL), "--stages does not apply to --method denoiser");
-    fails(cluster("--method", "denoiser", "--data", data, "--images", "7", "--quiet", NULL), "has 6 images");
-    fails(cluster("--method", "denoiser", "--images", "1", NULL), "--images");
-    fails(cluster("--method", "snr", "--alpha", "0.9", NULL), "--alpha does not apply to --method snr");
-    fails(cluster("--method", "timestep", "--data", "fmnist", NULL), "--data does not apply");
-    fails(cluster("--method", "snr", "--plot", "x.svg", NULL), "--plot does not apply");
-    fails(cluster("--method", "denoiser", "--heatmap", "x.png", NULL), "--heatmap does not apply");
-    fails(cluster("--method", "snr", "--grid", "5", NULL), "too small for 3 stages");
-    fails(cluster("--method", "snr", "--stages", "1", NULL), "--stages");
-    fails(cluster("--method", "similarity", "--grid", "4", "--stages", "3", "--min-size", "2", NULL), "--min-size 2");
-    fails(cluster("--method", "similarity", "--backend", "gpu", NULL), "gpu");
+    USAGE_ERROR("--method", NULL);
+    USAGE_ERROR("expected denoiser, snr, timestep or similarity", "--method", "kmeans");
+    USAGE_ERROR("--alpha", "--method", "denoiser", "--alpha", "0");
+    USAGE_ERROR("(0, 1]", "--method", "denoiser", "--alpha", "1.01");
+    USAGE_ERROR("--alpha", "--method", "denoiser", "--alpha", "nan");
+    USAGE_ERROR("at least 2 samples", "--method", "denoiser", "--K", "1");
+    USAGE_ERROR("--K", "--method", "denoiser", "--K", "-3");
+    USAGE_ERROR("--eta", "--method", "denoiser", "--eta", "0");
+    USAGE_ERROR("--eta", "--method", "denoiser", "--eta", "-0.1");
+    USAGE_ERROR("tmin < tmax", "--method", "denoiser", "--tmin", "0.6", "--tmax", "0.4");
+    USAGE_ERROR("0 < tmin", "--method", "denoiser", "--tmin", "0");
+    USAGE_ERROR("tmax <= 1", "--method", "denoiser", "--tmax", "1.5");
+    USAGE_ERROR("01 ([0, 1]) or pm1", "--method", "denoiser", "--pixels", "255");
+    USAGE_ERROR("--stages does not apply to --method denoiser", "--method", "denoiser", "--stages", "4");
+    USAGE_ERROR("has 6 images", "--method", "denoiser", "--data", data, "--images", "7", "--quiet");
+    USAGE_ERROR("--images", "--method", "denoiser", "--images", "1");
+    USAGE_ERROR("--alpha does not apply to --method snr", "--method", "snr", "--alpha", "0.9");
+    USAGE_ERROR("--data does not apply", "--method", "timestep", "--data", "fmnist");
+    USAGE_ERROR("--plot does not apply", "--method", "snr", "--plot", "x.svg");
+    USAGE_ERROR("--heatmap does not apply", "--method", "denoiser", "--heatmap", "x.png");
+    USAGE_ERROR("too small for 3 stages", "--method", "snr", "--grid", "5");
+    USAGE_ERROR("--stages", "--method", "snr", "--stages", "1");
+    USAGE_ERROR("--min-size 2", "--method", "similarity", "--grid", "4", "--stages", "3", "--min-size", "2");
+    USAGE_ERROR("gpu", "--method", "similarity", "--backend", "gpu");
     // a data set that cannot be read is a failure (exit 1), not a usage error
-    struct run *r = cluster("--method", "denoiser", "--data", tpath("nonexistent"), NULL);
-    ck_assert_msg(r->status == 1 && strstr(r->err, "nonexistent"), "exit %d: %s", r->status, r->err);
+    struct test_run r = CLUSTER("--method", "denoiser", "--data", test_path("nonexistent"));
+    ck_assert_msg(r.status == 1 && strstr(r.err, "nonexistent"), "exit %d: %s", r.status, r.err);
+    test_run_free(&r);
     // help names every flag and the defaults
-    r = cluster("--help", NULL);
-    ck_assert_msg(r->status == 0 && strstr(r->out, "--alpha A") && strstr(r->out, "default 0.9") &&
-                      strstr(r->out, "default 2000"), "help:\n%s", r->out);
+    r = CLUSTER("--help");
+    ck_assert_msg(r.status == 0 && strstr(r.out, "--alpha A") && strstr(r.out, "default 0.9") &&
+                      strstr(r.out, "default 2000"), "help:\n%s", r.out);
+    test_run_free(&r);
 }
 END_TEST
 
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/msdiff-test-cluster-XXXXXX");
-    if (!mkdtemp(tmpdir)) perror("mkdtemp"), exit(1);
-}
-
-static void remove_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char path[512];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
-static void remove_tmpdir(void) {
-    char data[128];
-    snprintf(data, sizeof data, "%s/data", tmpdir);
-    remove_dir(data);
-    remove_dir(tmpdir);
-}
-
 int main(void) {
-    Suite *s = suite_create("cluster");
-    TCase *tc = tcase_create("library");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, conversions);
-    tcase_add_test(tc, table4_library);
-    tcase_add_test(tc, posterior_two_images);
-    tcase_add_test(tc, posterior_identical_images);
-    tcase_add_test(tc, posterior_logsumexp_60000);
-    tcase_add_test(tc, interval_dp_brute_force);
-    tcase_add_test(tc, partition_dp_brute_force);
-    tcase_add_test(tc, thresholds);
-    tcase_add_test(tc, algorithm1_identical_images);
-    tcase_add_test(tc, algorithm1_two_constant_images);
-    tcase_add_test(tc, similarity_matrix);
-    tcase_add_test(tc, bad_options);
-    suite_add_tcase(s, tc);
-    TCase *cli = tcase_create("cli");
-    tcase_set_timeout(cli, 120);
-    tcase_add_unchecked_fixture(cli, make_tmpdir, remove_tmpdir);
-    tcase_add_test(cli, cli_table4);
-    tcase_add_test(cli, cli_denoiser_outputs);
-    tcase_add_test(cli, cli_similarity_outputs);
-    tcase_add_test(cli, cli_bad_flags);
-    suite_add_tcase(s, cli);
-    return run_suite(s);
+    test_tmpdir_make("cluster"); // before the tests fork: the program's tests share it
+    const TTest *tests[] = {
+        conversions, table4_library, posterior_two_images, posterior_identical_images,
+        posterior_logsumexp_60000, interval_dp_brute_force, partition_dp_brute_force, thresholds,
+        algorithm1_identical_images, algorithm1_two_constant_images, similarity_matrix, bad_options,
+        cli_table4, cli_denoiser_outputs, cli_similarity_outputs, cli_bad_flags,
+    };
+    return run_tests("cluster", 120, tests, TEST_COUNT(tests));
 }

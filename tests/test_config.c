@@ -288,16 +288,9 @@ START_TEST(json_errors_name_the_key) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("config");
-    TCase *tc = tcase_create("config");
-    tcase_add_test(tc, presets_validate_and_round_trip);
-    tcase_add_test(tc, preset_values);
-    tcase_add_test(tc, unknown_preset);
-    tcase_add_test(tc, stage_routing);
-    tcase_add_test(tc, groupnorm_groups);
-    tcase_add_test(tc, validation_names_the_field);
-    tcase_add_test(tc, groupnorm_divisibility);
-    tcase_add_test(tc, json_errors_name_the_key);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {
+        presets_validate_and_round_trip, preset_values, unknown_preset, stage_routing, groupnorm_groups,
+        validation_names_the_field, groupnorm_divisibility, json_errors_name_the_key,
+    };
+    return run_tests("config", 0, tests, TEST_COUNT(tests));
 }

@@ -263,11 +263,9 @@ END_TEST
 
 START_TEST(fmnist_labels_missing) {
     const char *dir = test_subdir("nolabels");
-    char spec[600];
     write_fmnist(dir, "train", 3, 4, 1);
     remove(test_pathf("%s/train-labels-idx1-ubyte.gz", dir));
-    snprintf(spec, sizeof spec, "fmnist:%s", dir);
-    expect_fail(spec, "train-labels-idx1-ubyte.gz", "cannot open");
+    expect_fail(test_pathf("fmnist:%s", dir), "train-labels-idx1-ubyte.gz", "cannot open");
 }
 END_TEST
 
@@ -295,57 +293,47 @@ static const struct bad_idx {
 START_TEST(fmnist_bad_images) {
     const struct bad_idx *c = &BAD_IDX[_i];
     const char *dir = test_subdir(c->name);
-    char spec[600];
     static uint8_t zeros[4096], labels[256];
     write_idx(dir, "train-images-idx3-ubyte.gz", c->magic, c->dims, c->ndims, zeros, c->bytes, 1);
     write_idx(dir, "train-labels-idx1-ubyte.gz", 0x801, (uint32_t[]){c->labels}, 1, labels, c->labels, 1);
-    snprintf(spec, sizeof spec, "fmnist:%s", dir);
-    expect_fail(spec, c->file, c->word);
+    expect_fail(test_pathf("fmnist:%s", dir), c->file, c->word);
 }
 END_TEST
 
 // The gzip stream itself cut short (the last half of the compressed file gone).
 START_TEST(fmnist_truncated_stream) {
     const char *dir = test_subdir("cut");
-    char spec[600];
     write_fmnist(dir, "train", 40, 16, 1);
     const char *path = test_pathf("%s/train-images-idx3-ubyte.gz", dir);
     struct stat st;
     ck_assert_msg(stat(path, &st) == 0 && truncate(path, st.st_size / 2) == 0, "cannot cut %s", path);
-    snprintf(spec, sizeof spec, "fmnist:%s", dir);
-    expect_fail(spec, "train-images-idx3-ubyte.gz", "truncated");
+    expect_fail(test_pathf("fmnist:%s", dir), "train-images-idx3-ubyte.gz", "truncated");
 }
 END_TEST
 
 START_TEST(fmnist_corrupt_stream) {
     const char *dir = test_subdir("corrupt");
-    char spec[600];
     write_fmnist(dir, "train", 3, 4, 1);
     // a gzip header followed by bytes that are not a deflate stream
     const unsigned char bad[] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     write_bytes(dir, "train-images-idx3-ubyte.gz", bad, sizeof bad);
-    snprintf(spec, sizeof spec, "fmnist:%s", dir);
-    expect_fail(spec, "train-images-idx3-ubyte.gz", "cannot read");
+    expect_fail(test_pathf("fmnist:%s", dir), "train-images-idx3-ubyte.gz", "cannot read");
 }
 END_TEST
 
 START_TEST(fmnist_labels_wrong_magic) {
     const char *dir = test_subdir("lmagic");
-    char spec[600];
     write_fmnist(dir, "train", 3, 4, 1);
     write_idx(dir, "train-labels-idx1-ubyte.gz", 0x803, (uint32_t[]){3}, 1, (uint8_t[3]){0}, 3, 1);
-    snprintf(spec, sizeof spec, "fmnist:%s", dir);
-    expect_fail(spec, "train-labels-idx1-ubyte.gz", "expected 0x00000801 (IDX labels)");
+    expect_fail(test_pathf("fmnist:%s", dir), "train-labels-idx1-ubyte.gz", "expected 0x00000801 (IDX labels)");
 }
 END_TEST
 
 START_TEST(fmnist_bad_label) {
     const char *dir = test_subdir("label");
-    char spec[600];
     write_fmnist(dir, "train", 3, 4, 1);
     write_idx(dir, "train-labels-idx1-ubyte.gz", 0x801, (uint32_t[]){3}, 1, (uint8_t[]){1, 10, 2}, 3, 1);
-    snprintf(spec, sizeof spec, "fmnist:%s", dir);
-    expect_fail(spec, "train-labels-idx1-ubyte.gz", "label 10 at index 1, expected 0..9");
+    expect_fail(test_pathf("fmnist:%s", dir), "train-labels-idx1-ubyte.gz", "label 10 at index 1, expected 0..9");
 }
 END_TEST
 
@@ -478,52 +466,44 @@ START_TEST(png_folder_loads_sorted) {
 }
 END_TEST
 
-START_TEST(png_folder_empty) {
-    const char *dir = test_subdir("empty");
-    write_bytes(dir, "readme.txt", "x", 1);
-    expect_fail(dir, dir, "empty folder: no *.png files");
-}
-END_TEST
+// Bad PNG folders: up to two files, each a PNG of C x H x W (put_png) or, with `text`, that text; the
+// last one cut 20 bytes short when `cut`. The message names `name` (the folder itself when NULL) and
+// says `word`. Each case is its own test (a loop test).
+static const struct bad_folder {
+    const char *dir;
+    struct {
+        const char *name;
+        int C, H, W;
+        const char *text;
+    } files[2];
+    bool cut;
+    const char *name, *word;
+} BAD_FOLDERS[] = {
+    {"empty", {{"readme.txt", .text = "x"}}, false, NULL, "empty folder: no *.png files"},
+    {"notpng", {{"a.png", 1, 4, 4, NULL}, {"x.png", .text = "hello, this is text"}}, false, "x.png",
+     "not a PNG file"},
+    {"corruptpng", {{"a.png", 1, 32, 32, NULL}, {"b.png", 1, 32, 32, NULL}}, true, "b.png", "truncated"},
+    {"sizes", {{"a.png", 1, 28, 28, NULL}, {"b.png", 1, 32, 32, NULL}}, false, "'a.png' is 28x28 but 'b.png' is 32x32",
+     "same size"},
+    {"mixed", {{"a.png", 1, 8, 8, NULL}, {"b.png", 3, 8, 8, NULL}}, false, "'a.png' is gray but 'b.png' is RGB",
+     "may not mix"},
+    {"nonsquare", {{"a.png", 3, 6, 8, NULL}}, false, "a.png", "expected square images"},
+};
 
-START_TEST(png_folder_not_png) {
-    const char *dir = test_subdir("notpng");
-    put_png(dir, "a.png", 1, 4, 4, 0);
-    write_bytes(dir, "x.png", "hello, this is text", 19);
-    expect_fail(dir, "x.png", "not a PNG file");
-}
-END_TEST
-
-START_TEST(png_folder_corrupt) {
-    const char *dir = test_subdir("corruptpng");
-    put_png(dir, "a.png", 1, 32, 32, 0);
-    put_png(dir, "b.png", 1, 32, 32, 0);
-    const char *path = test_pathf("%s/b.png", dir);
-    struct stat st;
-    ck_assert_msg(stat(path, &st) == 0 && truncate(path, st.st_size - 20) == 0, "cannot cut %s", path);
-    expect_fail(dir, "b.png", "truncated");
-}
-END_TEST
-
-START_TEST(png_folder_mixed_sizes) {
-    const char *dir = test_subdir("sizes");
-    put_png(dir, "a.png", 1, 28, 28, 0);
-    put_png(dir, "b.png", 1, 32, 32, 0);
-    expect_fail(dir, "'a.png' is 28x28 but 'b.png' is 32x32", "same size");
-}
-END_TEST
-
-START_TEST(png_folder_mixed_channels) {
-    const char *dir = test_subdir("mixed");
-    put_png(dir, "a.png", 1, 8, 8, 0);
-    put_png(dir, "b.png", 3, 8, 8, 0);
-    expect_fail(dir, "'a.png' is gray but 'b.png' is RGB", "may not mix");
-}
-END_TEST
-
-START_TEST(png_folder_not_square) {
-    const char *dir = test_subdir("nonsquare");
-    put_png(dir, "a.png", 3, 6, 8, 0);
-    expect_fail(dir, "a.png", "expected square images");
+START_TEST(png_folder_bad) {
+    const struct bad_folder *c = &BAD_FOLDERS[_i];
+    const char *dir = test_subdir(c->dir), *last = NULL;
+    for (int k = 0; k < 2 && c->files[k].name; k++) {
+        last = c->files[k].name;
+        if (c->files[k].text) write_bytes(dir, last, c->files[k].text, strlen(c->files[k].text));
+        else put_png(dir, last, c->files[k].C, c->files[k].H, c->files[k].W, 0);
+    }
+    if (c->cut) {
+        const char *path = test_pathf("%s/%s", dir, last);
+        struct stat st;
+        ck_assert_msg(stat(path, &st) == 0 && truncate(path, st.st_size - 20) == 0, "cannot cut %s", path);
+    }
+    expect_fail(dir, c->name ? c->name : dir, c->word);
 }
 END_TEST
 
@@ -561,37 +541,15 @@ END_TEST
 
 int main(void) {
     test_tmpdir_make("data"); // before the tests fork: they share it
-    Suite *s = suite_create("data");
-    TCase *tc = tcase_create("data");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, fmnist_train);
-    tcase_add_test(tc, fmnist_test);
-    tcase_add_test(tc, fmnist_explicit_dir);
-    tcase_add_test(tc, batch_reproducible);
-    tcase_add_test(tc, batch_xflip);
-    tcase_add_test(tc, images_in_order);
-    tcase_add_test(tc, fmnist_missing);
-    tcase_add_test(tc, fmnist_labels_missing);
-    tcase_add_loop_test(tc, fmnist_bad_images, 0, (int)(sizeof BAD_IDX / sizeof BAD_IDX[0]));
-    tcase_add_test(tc, fmnist_truncated_stream);
-    tcase_add_test(tc, fmnist_corrupt_stream);
-    tcase_add_test(tc, fmnist_labels_wrong_magic);
-    tcase_add_test(tc, fmnist_bad_label);
-    tcase_add_test(tc, cifar_train_and_test);
-    tcase_add_test(tc, cifar_wrong_size);
-    tcase_add_test(tc, cifar_missing_batch);
-    tcase_add_test(tc, cifar_empty_and_bad_label);
-    tcase_add_test(tc, png_folder_loads_sorted);
-    tcase_add_test(tc, png_folder_empty);
-    tcase_add_test(tc, png_folder_not_png);
-    tcase_add_test(tc, png_folder_corrupt);
-    tcase_add_test(tc, png_folder_mixed_sizes);
-    tcase_add_test(tc, png_folder_mixed_channels);
-    tcase_add_test(tc, png_folder_not_square);
-    tcase_add_test(tc, png_folder_nonexistent);
-    tcase_add_test(tc, random_data_set);
-    suite_add_tcase(s, tc);
-    int rc = run_suite(s);
-    test_tmpdir_remove();
-    return rc;
+    const TTest *tests[] = {
+        fmnist_train, fmnist_test, fmnist_explicit_dir, batch_reproducible, batch_xflip, images_in_order,
+        fmnist_missing, fmnist_labels_missing, fmnist_truncated_stream, fmnist_corrupt_stream,
+        fmnist_labels_wrong_magic, fmnist_bad_label, cifar_train_and_test, cifar_wrong_size,
+        cifar_missing_batch, cifar_empty_and_bad_label, png_folder_loads_sorted, png_folder_nonexistent,
+        random_data_set,
+    };
+    const struct loop_test loops[] = {{fmnist_bad_images, (int)TEST_COUNT(BAD_IDX)},
+                                      {png_folder_bad, (int)TEST_COUNT(BAD_FOLDERS)}};
+    return run_test_suite(&(struct test_suite){.name = "data", .timeout_s = 120, .tests = tests,
+                                               .n = TEST_COUNT(tests), .loops = loops, .n_loops = TEST_COUNT(loops)});
 }

@@ -277,19 +277,11 @@ int main(void) {
         return fprintf(stderr, "test_eval: %s\n", msd_last_error()), 1;
     msd_model_free(&m);
 
-    Suite *s = suite_create("eval");
-    TCase *tc = tcase_create("msdiff eval");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, self_symmetric_and_far_from_noise);
-    tcase_add_test(tc, matches_the_library);
-    tcase_add_test(tc, model_json);
-    tcase_add_test(tc, errors);
-    if (msd_cpu_has_avx2_fma()) tcase_add_test(tc, fmnist_shipped_classifier);
-    else printf("eval: the Fashion-MNIST check is skipped: it runs the shipped classifier on the fast backend, "
-                "and this CPU lacks AVX2/FMA\n");
-    tcase_add_test(tc, shipped_diffusion_model);
-    suite_add_tcase(s, tc);
-    const int rc = run_suite(s);
-    test_tmpdir_remove();
-    return rc;
+    const bool fast = msd_cpu_has_avx2_fma(); // the shipped classifier's check runs on the fast backend
+    if (!fast)
+        printf("eval: the Fashion-MNIST check is skipped: it runs the shipped classifier on the fast backend, "
+               "and this CPU lacks AVX2/FMA\n");
+    const TTest *tests[] = {self_symmetric_and_far_from_noise, matches_the_library, model_json, errors,
+                            fast ? fmnist_shipped_classifier : NULL, shipped_diffusion_model};
+    return run_tests("eval", 300, tests, TEST_COUNT(tests));
 }

@@ -1,4 +1,4 @@
-// test_fast_net.c: fast/ against ref/ on whole computations (DESIGN.md section 8): the network
+// test_fast_net.c: fast/ against ref/ on whole computations (docs/DESIGN.md, Tests): the network
 // D(x; sigma) and its gradients for every stage (tiny-ms, batch 3, and mini-ms, batch 2), two
 // training steps of mini-ms, and a Heun run of mini-ms, each on both backends from the same weights
 // and inputs. The checks and their bounds are tests/netcheck.c's (shared with tests/test_cuda_net.c);
@@ -38,13 +38,6 @@ int main(void) {
         printf("test_fast_net: FAILED: no fast backend on an AVX2/FMA CPU: %s\n", msd_last_error());
         return 1;
     }
-    Suite *s = suite_create("fast against ref: whole computations");
-    TCase *tc = tcase_create("network, training step, sampler");
-    tcase_set_timeout(tc, 900);
-    tcase_add_test(tc, network_tiny_ms);
-    tcase_add_test(tc, network_mini_ms);
-    tcase_add_test(tc, train_steps_mini_ms);
-    tcase_add_test(tc, heun_mini_ms);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {network_tiny_ms, network_mini_ms, train_steps_mini_ms, heun_mini_ms};
+    return run_tests("fast against ref: whole computations", 900, tests, TEST_COUNT(tests));
 }

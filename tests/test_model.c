@@ -221,13 +221,8 @@ START_TEST(stage_is_checked) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("model");
-    TCase *tc = tcase_create("reference");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, paper_counts);
-    tcase_add_loop_test(tc, reference_unified, 0, 2);
-    tcase_add_loop_test(tc, reference_multistage, 0, 2);
-    tcase_add_test(tc, stage_is_checked);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {paper_counts, stage_is_checked};
+    const struct loop_test loops[] = {{reference_unified, 2}, {reference_multistage, 2}};
+    return run_test_suite(&(struct test_suite){.name = "model", .timeout_s = 120, .tests = tests,
+                                               .n = TEST_COUNT(tests), .loops = loops, .n_loops = TEST_COUNT(loops)});
 }

@@ -223,12 +223,6 @@ START_TEST(edm_separate_high_noise) { check_network(MSD_PRECOND_EDM, true, 4.0, 
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("network gradients");
-    TCase *tc = tcase_create("directional finite differences");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, edm_multistage_low_noise);
-    tcase_add_test(tc, vp_multistage_high_noise);
-    tcase_add_test(tc, edm_separate_high_noise);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {edm_multistage_low_noise, vp_multistage_high_noise, edm_separate_high_noise};
+    return run_tests("network gradients", 300, tests, TEST_COUNT(tests));
 }

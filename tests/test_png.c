@@ -418,22 +418,10 @@ END_TEST
 
 int main(void) {
     test_tmpdir_make("png"); // before the tests fork: they share it
-    Suite *s = suite_create("png");
-    TCase *tc = tcase_create("png");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, round_trip_gray);
-    tcase_add_test(tc, round_trip_rgb);
-    tcase_add_test(tc, folder_round_trip_gray);
-    tcase_add_test(tc, folder_round_trip_rgb);
-    tcase_add_test(tc, rounding_and_clamping);
-    tcase_add_test(tc, grid_layout);
-    tcase_add_test(tc, grid_bad_args);
-    tcase_add_test(tc, read_formats);
-    tcase_add_test(tc, write_failures);
-    tcase_add_test(tc, read_errors);
-    tcase_add_test(tc, random_damage_never_crashes);
-    suite_add_tcase(s, tc);
-    int rc = run_suite(s);
-    test_tmpdir_remove();
-    return rc;
+    const TTest *tests[] = {
+        round_trip_gray, round_trip_rgb, folder_round_trip_gray, folder_round_trip_rgb,
+        rounding_and_clamping, grid_layout, grid_bad_args, read_formats, write_failures, read_errors,
+        random_damage_never_crashes,
+    };
+    return run_tests("png", 60, tests, TEST_COUNT(tests));
 }

@@ -372,24 +372,10 @@ START_TEST(backend_table) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("ref forward");
-    TCase *tc = tcase_create("known answers");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, conv3x3_known);
-    tcase_add_test(tc, conv1x1_known);
-    tcase_add_test(tc, resample_known);
-    tcase_add_test(tc, groupnorm_moments);
-    tcase_add_test(tc, linear_known);
-    tcase_add_test(tc, silu_known);
-    tcase_add_test(tc, posemb_known);
-    tcase_add_test(tc, attention_known);
-    tcase_add_test(tc, dropout_mask);
-    tcase_add_test(tc, elementwise_known);
-    tcase_add_test(tc, rows_known);
-    tcase_add_test(tc, adam_known);
-    tcase_add_test(tc, ema_nan_sumsq_known);
-    tcase_add_test(tc, memory_roundtrip);
-    tcase_add_test(tc, backend_table);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {
+        conv3x3_known, conv1x1_known, resample_known, groupnorm_moments, linear_known, silu_known,
+        posemb_known, attention_known, dropout_mask, elementwise_known, rows_known, adam_known,
+        ema_nan_sumsq_known, memory_roundtrip, backend_table,
+    };
+    return run_tests("ref forward", 60, tests, TEST_COUNT(tests));
 }

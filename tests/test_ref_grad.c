@@ -4,7 +4,7 @@
 // batch 1) the analytic gradient of every input and parameter is compared with a fourth-order central
 // difference of L = sum r * y accumulated in double (tests/testutil.c, check_op_gradients), after the
 // gradient convention is checked (parameters accumulate, inputs are written). Each line printed is
-// "fd <op> <tensor> worst rel err ...": the closing note of the foundation quotes them.
+// "fd <op> <tensor> worst rel err ...", so that a run shows how far inside FD_TOL each gradient is.
 #include <stdio.h>
 
 #include "common/core/backend.h"
@@ -19,43 +19,57 @@ static float *tensor(size_t n, uint64_t seed) {
     return p;
 }
 
+// The tensors of a layer y = f(x; w, b): x, w and (with a bias) b in [-1, 1] from seed, seed + 1 and
+// seed + 2, their gradient buffers, and the list check_op_gradients takes (x written, w and b
+// accumulated).
+struct layer {
+    float *x, *w, *b, *dx, *dw, *db;
+    struct grad_tensor t[3];
+    int nt;
+};
+
+static void layer_new(struct layer *l, size_t nx, size_t nw, size_t nb, int bias, uint64_t seed) {
+    l->x = tensor(nx, seed), l->dx = tbuf_new(nx);
+    l->w = tensor(nw, seed + 1), l->dw = tbuf_new(nw);
+    l->b = bias ? tensor(nb, seed + 2) : NULL, l->db = bias ? tbuf_new(nb) : NULL;
+    l->t[0] = (struct grad_tensor){"x", l->x, l->dx, nx, 0};
+    l->t[1] = (struct grad_tensor){"w", l->w, l->dw, nw, 1};
+    l->t[2] = (struct grad_tensor){"b", l->b, l->db, nb, 1};
+    l->nt = bias ? 3 : 2;
+}
+
+static void layer_free(struct layer *l) {
+    tbuf_free(l->x), tbuf_free(l->w), tbuf_free(l->b), tbuf_free(l->dx), tbuf_free(l->dw), tbuf_free(l->db);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // conv2d
 
 struct conv_ctx {
     int N, C, H, W, OC, K;
-    float *x, *w, *b, *dx, *dw, *db;
+    struct layer l;
 };
 
 static void conv_fwd(void *p, float *y) {
     struct conv_ctx *c = p;
-    be->conv2d_forward(y, c->x, c->w, c->b, c->N, c->C, c->H, c->W, c->OC, c->K);
+    be->conv2d_forward(y, c->l.x, c->l.w, c->l.b, c->N, c->C, c->H, c->W, c->OC, c->K);
 }
 
 static void conv_bwd(void *p, const float *dy) {
     struct conv_ctx *c = p;
-    be->conv2d_backward(c->dx, c->dw, c->db, dy, c->x, c->w, c->N, c->C, c->H, c->W, c->OC, c->K);
+    be->conv2d_backward(c->l.dx, c->l.dw, c->l.db, dy, c->l.x, c->l.w, c->N, c->C, c->H, c->W, c->OC, c->K);
 }
 
 static void check_conv(int N, int C, int H, int W, int OC, int K, int bias, uint64_t seed) {
-    struct conv_ctx c = {N, C, H, W, OC, K, NULL, NULL, NULL, NULL, NULL, NULL};
-    size_t nx = (size_t)N * C * H * W, nw = (size_t)OC * C * K * K, ny = (size_t)N * OC * H * W;
-    c.x = tensor(nx, seed);
-    c.w = tensor(nw, seed + 1);
-    c.dx = tbuf_new(nx);
-    c.dw = tbuf_new(nw);
-    if (bias) {
-        c.b = tensor(OC, seed + 2);
-        c.db = tbuf_new(OC);
-    }
+    struct conv_ctx c = {N, C, H, W, OC, K, {0}};
+    const size_t ny = (size_t)N * OC * H * W;
+    layer_new(&c.l, (size_t)N * C * H * W, (size_t)OC * C * K * K, OC, bias, seed);
     float *y = tbuf_new(ny);
-    struct grad_tensor t[] = {{"x", c.x, c.dx, nx, 0}, {"w", c.w, c.dw, nw, 1}, {"b", c.b, c.db, OC, 1}};
     char name[96];
     snprintf(name, sizeof name, "conv2d K=%d %s (%d,%d,%d,%d)->%d", K, bias ? "bias" : "nobias", N, C,
              H, W, OC);
-    check_op_gradients(name, conv_fwd, conv_bwd, &c, y, ny, t, bias ? 3 : 2, seed);
-    tbuf_free(c.x), tbuf_free(c.w), tbuf_free(c.b), tbuf_free(c.dx), tbuf_free(c.dw), tbuf_free(c.db);
-    tbuf_free(y);
+    check_op_gradients(name, conv_fwd, conv_bwd, &c, y, ny, c.l.t, c.l.nt, seed);
+    layer_free(&c.l), tbuf_free(y);
 }
 
 START_TEST(grad_conv2d) {
@@ -164,37 +178,28 @@ END_TEST
 
 struct linear_ctx {
     int N, IN, OUT;
-    float *x, *w, *b, *dx, *dw, *db;
+    struct layer l;
 };
 
 static void linear_fwd(void *p, float *y) {
     struct linear_ctx *c = p;
-    be->linear_forward(y, c->x, c->w, c->b, c->N, c->IN, c->OUT);
+    be->linear_forward(y, c->l.x, c->l.w, c->l.b, c->N, c->IN, c->OUT);
 }
 
 static void linear_bwd(void *p, const float *dy) {
     struct linear_ctx *c = p;
-    be->linear_backward(c->dx, c->dw, c->db, dy, c->x, c->w, c->N, c->IN, c->OUT);
+    be->linear_backward(c->l.dx, c->l.dw, c->l.db, dy, c->l.x, c->l.w, c->N, c->IN, c->OUT);
 }
 
 static void check_linear(int N, int IN, int OUT, int bias, uint64_t seed) {
-    struct linear_ctx c = {N, IN, OUT, NULL, NULL, NULL, NULL, NULL, NULL};
-    size_t nx = (size_t)N * IN, nw = (size_t)OUT * IN, ny = (size_t)N * OUT;
-    c.x = tensor(nx, seed);
-    c.w = tensor(nw, seed + 1);
-    c.dx = tbuf_new(nx);
-    c.dw = tbuf_new(nw);
-    if (bias) {
-        c.b = tensor(OUT, seed + 2);
-        c.db = tbuf_new(OUT);
-    }
+    struct linear_ctx c = {N, IN, OUT, {0}};
+    const size_t ny = (size_t)N * OUT;
+    layer_new(&c.l, (size_t)N * IN, (size_t)OUT * IN, OUT, bias, seed);
     float *y = tbuf_new(ny);
-    struct grad_tensor t[] = {{"x", c.x, c.dx, nx, 0}, {"w", c.w, c.dw, nw, 1}, {"b", c.b, c.db, OUT, 1}};
     char name[96];
     snprintf(name, sizeof name, "linear %s (%d,%d)->%d", bias ? "bias" : "nobias", N, IN, OUT);
-    check_op_gradients(name, linear_fwd, linear_bwd, &c, y, ny, t, bias ? 3 : 2, seed);
-    tbuf_free(c.x), tbuf_free(c.w), tbuf_free(c.b), tbuf_free(c.dx), tbuf_free(c.dw), tbuf_free(c.db);
-    tbuf_free(y);
+    check_op_gradients(name, linear_fwd, linear_bwd, &c, y, ny, c.l.t, c.l.nt, seed);
+    layer_free(&c.l), tbuf_free(y);
 }
 
 START_TEST(grad_linear) {
@@ -337,16 +342,9 @@ START_TEST(grad_attention) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("ref gradients");
-    TCase *tc = tcase_create("finite differences");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, grad_conv2d);
-    tcase_add_test(tc, grad_resample);
-    tcase_add_test(tc, grad_groupnorm);
-    tcase_add_test(tc, grad_linear);
-    tcase_add_test(tc, grad_elementwise);
-    tcase_add_test(tc, grad_concat);
-    tcase_add_test(tc, grad_attention);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {
+        grad_conv2d, grad_resample, grad_groupnorm, grad_linear, grad_elementwise, grad_concat,
+        grad_attention,
+    };
+    return run_tests("ref gradients", 120, tests, TEST_COUNT(tests));
 }

@@ -119,14 +119,8 @@ START_TEST(fill_normal_op) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("rng");
-    TCase *tc = tcase_create("philox");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, philox_known_answers);
-    tcase_add_test(tc, draw_mapping);
-    tcase_add_test(tc, uniform_moments);
-    tcase_add_test(tc, normal_moments);
-    tcase_add_test(tc, fill_normal_op);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {
+        philox_known_answers, draw_mapping, uniform_moments, normal_moments, fill_normal_op,
+    };
+    return run_tests("rng", 60, tests, TEST_COUNT(tests));
 }

@@ -1,7 +1,7 @@
 // test_safetensors.c: the safetensors reader and writer (common/io/safetensors.h).
 //
-// Holds: a bit-exact round trip with metadata, the 8-byte data alignment, loading the shared reference
-// dumps (tests/data/, or ../shared/testdata/ from the repo root), one test per kind of corrupt file
+// Holds: a bit-exact round trip with metadata, the 8-byte data alignment, loading the reference dumps
+// of tests/data/ (the tests run from the repository root), one test per kind of corrupt file
 // (each checks the -1 and a word of the message), the float32 getter's shape and dtype errors, F16 and
 // BF16 conversion of known values, rounding to F16 (known values, every half, nearest-ness) and F16
 // writes, and the atomic writer's failure paths (no .tmp and no file left).
@@ -142,15 +142,13 @@ START_TEST(test_data_aligned) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// The shared reference dumps
+// The reference dumps
 
-// tests/data/<name>, else ../shared/testdata/<name> (both relative to the repo root, where tests run).
+// tests/data/<name> (relative to the repository root, where the tests run).
 static const char *testdata(char *buf, size_t cap, const char *name) {
     snprintf(buf, cap, "tests/data/%s", name);
-    if (test_exists(buf)) return buf;
-    snprintf(buf, cap, "../shared/testdata/%s", name);
-    ck_assert_msg(test_exists(buf), "test data %s not found in tests/data/ or ../shared/testdata/ (run the "
-                  "tests from the repo root)", name);
+    ck_assert_msg(test_exists(buf), "test data %s is missing from tests/data/ (run the tests from the repository "
+                  "root)", name);
     return buf;
 }
 
@@ -355,46 +353,50 @@ static const char *read_small(struct msd_st_file *f) {
     return path;
 }
 
+// msd_st_get_f32 of `name` as `shape` (ndim dimensions, at most 6 floats) fails (`what` says why it
+// should), with a message that holds every one of words (NULL-ended).
+static void expect_get_fails(const struct msd_st_file *f, const char *name, int ndim, const int64_t *shape,
+                             const char *what, const char *const *words) {
+    float y[6];
+    ck_assert_msg(msd_st_get_f32(f, name, ndim, shape, y) == -1, "%s: the get succeeded", what);
+    for (int i = 0; words[i]; i++)
+        ck_assert_msg(strstr(msd_last_error(), words[i]), "%s: message '%s' lacks '%s'", what, msd_last_error(),
+                      words[i]);
+}
+
+// A missing tensor: the message names it, its expected shape and the file.
 START_TEST(test_get_missing_tensor) {
     struct msd_st_file f;
     const char *path = read_small(&f);
     ck_assert_msg(msd_st_find(&f, "layer.bias") == NULL, "msd_st_find found a tensor that is not there");
-    float y[2];
-    ck_assert_msg(msd_st_get_f32(&f, "layer.bias", 1, (int64_t[]){2}, y) == -1, "a missing tensor was found");
-    const char *m = msd_last_error();
-    ck_assert_msg(strstr(m, "layer.bias") && strstr(m, "[2]") && strstr(m, path),
-                  "message '%s' should name the tensor, its expected shape [2] and the file", m);
+    expect_get_fails(&f, "layer.bias", 1, (int64_t[]){2}, "a missing tensor",
+                     (const char *const[]){"layer.bias", "[2]", path, NULL});
     ck_assert_msg(msd_st_meta(&f, "anything") == NULL, "metadata found in a file without any");
     msd_st_free(&f);
     remove(path);
 }
 END_TEST
 
+// The wrong shape: the message names the tensor, the expected and the found shapes and the dtype.
 START_TEST(test_get_wrong_shape) {
     struct msd_st_file f;
     const char *path = read_small(&f);
-    float y[6];
-    ck_assert_msg(msd_st_get_f32(&f, "layer.weight", 2, (int64_t[]){2, 3}, y) == -1,
-                  "[2, 3] accepted for [3, 2]");
-    const char *m = msd_last_error();
-    ck_assert_msg(strstr(m, "layer.weight") && strstr(m, "[2, 3]") && strstr(m, "[3, 2]") && strstr(m, "F32"),
-                  "message '%s' should name the tensor, the expected [2, 3], the found [3, 2] and F32", m);
-    ck_assert_msg(msd_st_get_f32(&f, "layer.weight", 1, (int64_t[]){6}, y) == -1, "[6] accepted for [3, 2]");
-    ck_assert_msg(strstr(msd_last_error(), "[6]"), "message '%s' lacks the expected [6]", msd_last_error());
+    expect_get_fails(&f, "layer.weight", 2, (int64_t[]){2, 3}, "[2, 3] for [3, 2]",
+                     (const char *const[]){"layer.weight", "[2, 3]", "[3, 2]", "F32", NULL});
+    expect_get_fails(&f, "layer.weight", 1, (int64_t[]){6}, "[6] for [3, 2]", (const char *const[]){"[6]", NULL});
     msd_st_free(&f);
     remove(path);
 }
 END_TEST
 
+// A valid tensor the getter cannot convert to float32.
 START_TEST(test_get_unconvertible_dtype) {
     const char *path = test_path("i32.safetensors");
     int32_t v[2] = {7, -7};
     write_raw(path, "{\"ids\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}", v, sizeof v);
     struct msd_st_file f;
     ck_assert_msg(msd_st_read(&f, path) == 0, "an I32 tensor is valid: %s", msd_last_error());
-    float y[2];
-    ck_assert_msg(msd_st_get_f32(&f, "ids", 1, (int64_t[]){2}, y) == -1, "I32 read as float32");
-    ck_assert_msg(strstr(msd_last_error(), "dtype I32"), "message '%s' lacks 'dtype I32'", msd_last_error());
+    expect_get_fails(&f, "ids", 1, (int64_t[]){2}, "I32 read as float32", (const char *const[]){"dtype I32", NULL});
     msd_st_free(&f);
     remove(path);
 }
@@ -557,32 +559,39 @@ START_TEST(test_atomic_write_leaves_no_tmp) {
 }
 END_TEST
 
+// msd_st_write of e[0..n) (with the metadata keys[0..n_meta), vals) to path fails (`what` says why it
+// should), with a message that holds `word`, and leaves neither path nor path.tmp behind.
+static void expect_write_fails(const char *path, const struct msd_st_entry *e, int n, int n_meta, const char *what,
+                               const char *word) {
+    const char *keys[2] = {"k", "k"}, *vals[2] = {"a", "b"}, *tmp = test_pathf("%s.tmp", path);
+    ck_assert_msg(msd_st_write(path, e, n, keys, vals, n_meta) == -1, "%s: the write succeeded", what);
+    ck_assert_msg(strstr(msd_last_error(), word), "%s: message '%s' lacks '%s'", what, msd_last_error(), word);
+    ck_assert_msg(!test_exists(path) && !test_exists(tmp), "%s: a file was left at %s or %s", what, path, tmp);
+}
+
 START_TEST(test_write_unwritable_dir) {
     // A path under a regular file: no one can create it, root included (a chmod'd directory would not
     // stop root, which is how CI containers often run).
     float x[1] = {1};
     struct msd_st_entry e = {"x", 1, {1}, x};
     const char *blocker = test_path("not-a-dir"), *path = test_path("not-a-dir/ckpt.safetensors");
-    const char *tmp = test_path("not-a-dir/ckpt.safetensors.tmp");
     test_write_file(blocker, "x", 1);
-    ck_assert_msg(msd_st_write(path, &e, 1, NULL, NULL, 0) == -1, "writing under a regular file succeeded");
-    ck_assert_msg(strstr(msd_last_error(), "cannot create") && strstr(msd_last_error(), path),
-                  "message '%s' lacks 'cannot create' and the path", msd_last_error());
-    ck_assert_msg(!test_exists(path) && !test_exists(tmp), "a file was left at %s or %s", path, tmp);
+    expect_write_fails(path, &e, 1, 0, "writing under a regular file", "cannot create");
+    ck_assert_msg(strstr(msd_last_error(), path), "message '%s' lacks the path", msd_last_error());
     remove(blocker);
 }
 END_TEST
 
 START_TEST(test_write_rename_fails) {
-    // The target is a non-empty directory: the temp file is written, the rename fails, the temp goes.
+    // The target is a non-empty directory: the temp file is written, the rename fails, the temp goes
+    // (the directory is still there, undisturbed).
     float x[1] = {1};
     struct msd_st_entry e = {"x", 1, {1}, x};
     const char *dir = test_subdir("target-dir"), *inner = test_path("target-dir/keep");
-    const char *tmp = test_path("target-dir.tmp");
     test_write_file(inner, "k", 1);
     ck_assert_msg(msd_st_write(dir, &e, 1, NULL, NULL, 0) == -1, "renaming over a directory succeeded");
     ck_assert_msg(strstr(msd_last_error(), "rename"), "message '%s' lacks 'rename'", msd_last_error());
-    ck_assert_msg(!test_exists(tmp), "%s left behind after a failed rename", tmp);
+    ck_assert_msg(!test_exists(test_pathf("%s.tmp", dir)), "%s.tmp left behind after a failed rename", dir);
     ck_assert_msg(test_exists(inner), "the directory at the target was disturbed");
     remove(inner);
     rmdir(dir);
@@ -591,23 +600,16 @@ END_TEST
 
 START_TEST(test_write_bad_entries) {
     float x[2] = {1, 2};
-    const char *path = test_path("bad.safetensors"), *tmp = test_path("bad.safetensors.tmp");
+    const char *path = test_path("bad.safetensors");
     struct msd_st_entry dup[2] = {{"x", 1, {2}, x}, {"x", 1, {2}, x}};
     struct msd_st_entry nine = {"x", 9, {1, 1, 1, 1, 1, 1, 1, 1}, x};
     struct msd_st_entry null_data = {"x", 1, {2}, NULL};
     struct msd_st_entry neg = {"x", 2, {2, -1}, x};
-    const char *keys[2] = {"k", "k"}, *vals[2] = {"a", "b"};
-    struct { const struct msd_st_entry *e; int n, n_meta; const char *word; } cases[] = {
-        {dup, 2, 0, "duplicate tensor"}, {&nine, 1, 0, "9 dims"}, {&null_data, 1, 0, "NULL data"},
-        {&neg, 1, 0, "negative"},        {dup, 1, 2, "duplicate metadata"},
-    };
-    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
-        ck_assert_msg(msd_st_write(path, cases[i].e, cases[i].n, keys, vals, cases[i].n_meta) == -1,
-                      "case %d (%s) was written", i, cases[i].word);
-        ck_assert_msg(strstr(msd_last_error(), cases[i].word), "case %d: message '%s' lacks '%s'", i,
-                      msd_last_error(), cases[i].word);
-        ck_assert_msg(!test_exists(path) && !test_exists(tmp), "case %d left %s or its .tmp behind", i, path);
-    }
+    expect_write_fails(path, dup, 2, 0, "two tensors named x", "duplicate tensor");
+    expect_write_fails(path, &nine, 1, 0, "9 dimensions", "9 dims");
+    expect_write_fails(path, &null_data, 1, 0, "NULL data", "NULL data");
+    expect_write_fails(path, &neg, 1, 0, "a negative dimension", "negative");
+    expect_write_fails(path, dup, 1, 2, "two metadata keys k", "duplicate metadata");
 }
 END_TEST
 
@@ -615,36 +617,16 @@ END_TEST
 
 int main(void) {
     test_tmpdir_make("safetensors"); // before the tests fork: they share it
-    Suite *s = suite_create("safetensors");
-    TCase *tc = tcase_create("safetensors");
-    tcase_add_test(tc, test_round_trip);
-    tcase_add_test(tc, test_data_aligned);
-    tcase_add_test(tc, test_reference_unified);
-    tcase_add_test(tc, test_reference_multistage);
-    tcase_add_test(tc, test_truncated_file);
-    tcase_add_test(tc, test_header_length_past_end);
-    tcase_add_test(tc, test_header_not_json);
-    tcase_add_test(tc, test_overlapping_offsets);
-    tcase_add_test(tc, test_offset_out_of_range);
-    tcase_add_test(tc, test_wrong_dtype);
-    tcase_add_test(tc, test_size_mismatch);
-    int n_corrupt = (int)(sizeof MORE_CORRUPT / sizeof MORE_CORRUPT[0]);
-    tcase_add_loop_test(tc, test_more_corrupt_headers, 0, n_corrupt);
-    tcase_add_test(tc, test_random_damage_never_crashes);
-    tcase_add_test(tc, test_missing_and_odd_files);
-    tcase_add_test(tc, test_get_missing_tensor);
-    tcase_add_test(tc, test_get_wrong_shape);
-    tcase_add_test(tc, test_get_unconvertible_dtype);
-    tcase_add_test(tc, test_f16_bf16_conversion);
-    tcase_add_test(tc, test_f32_to_f16_known);
-    tcase_add_test(tc, test_f32_to_f16_exhaustive);
-    tcase_add_test(tc, test_write_f16);
-    tcase_add_test(tc, test_atomic_write_leaves_no_tmp);
-    tcase_add_test(tc, test_write_unwritable_dir);
-    tcase_add_test(tc, test_write_rename_fails);
-    tcase_add_test(tc, test_write_bad_entries);
-    suite_add_tcase(s, tc);
-    int rc = run_suite(s);
-    test_tmpdir_remove();
-    return rc;
+    const TTest *tests[] = {
+        test_round_trip, test_data_aligned, test_reference_unified, test_reference_multistage,
+        test_truncated_file, test_header_length_past_end, test_header_not_json, test_overlapping_offsets,
+        test_offset_out_of_range, test_wrong_dtype, test_size_mismatch, test_random_damage_never_crashes,
+        test_missing_and_odd_files, test_get_missing_tensor, test_get_wrong_shape,
+        test_get_unconvertible_dtype, test_f16_bf16_conversion, test_f32_to_f16_known,
+        test_f32_to_f16_exhaustive, test_write_f16, test_atomic_write_leaves_no_tmp,
+        test_write_unwritable_dir, test_write_rename_fails, test_write_bad_entries,
+    };
+    const struct loop_test loops[] = {{test_more_corrupt_headers, (int)TEST_COUNT(MORE_CORRUPT)}};
+    return run_test_suite(&(struct test_suite){.name = "safetensors", .timeout_s = 0, .tests = tests,
+                                               .n = TEST_COUNT(tests), .loops = loops, .n_loops = TEST_COUNT(loops)});
 }

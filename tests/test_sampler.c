@@ -487,17 +487,9 @@ START_TEST(bad_input) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("sampler");
-    TCase *tc = tcase_create("samplers on closed-form denoisers");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, schedules);
-    tcase_add_test(tc, gaussian_moments);
-    tcase_add_test(tc, gaussian_order);
-    tcase_add_test(tc, mixture_accuracy);
-    tcase_add_test(tc, mixture_modes);
-    tcase_add_test(tc, determinism);
-    tcase_add_test(tc, evaluation_counts);
-    tcase_add_test(tc, bad_input);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {
+        schedules, gaussian_moments, gaussian_order, mixture_accuracy, mixture_modes, determinism,
+        evaluation_counts, bad_input,
+    };
+    return run_tests("sampler", 60, tests, TEST_COUNT(tests));
 }

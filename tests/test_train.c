@@ -270,16 +270,9 @@ START_TEST(resume_is_exact) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("train");
-    TCase *tc = tcase_create("training");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, lognormal_frequencies);
-    tcase_add_test(tc, uniform_frequencies);
-    tcase_add_test(tc, vp_frequencies);
-    tcase_add_test(tc, restricted_law);
-    tcase_add_test(tc, only_the_routed_decoder_moves);
-    tcase_add_test(tc, resume_is_exact);
-    tcase_add_test(tc, training_lowers_heldout_loss);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const TTest *tests[] = {
+        lognormal_frequencies, uniform_frequencies, vp_frequencies, restricted_law,
+        only_the_routed_decoder_moves, resume_is_exact, training_lowers_heldout_loss,
+    };
+    return run_tests("train", 300, tests, TEST_COUNT(tests));
 }

@@ -113,21 +113,13 @@ static long state_step(const char *path) {
 START_TEST(sample_deterministic_and_batch_independent) {
     const char *ck = test_path("ms.safetensors"), *A = test_path("A"), *B = test_path("B"), *C = test_path("C");
     const char *grid = test_path("G.png");
-    struct test_run r = MSDIFF("init", "--preset", "mini-ms", "--seed", "3", "--out", ck);
-    test_expect_ok(&r);
-    test_run_free(&r);
-    r = MSDIFF("sample", "--model", ck, "--seeds", "0-3", "--outdir", A, "--sampler", "euler", "--steps", "2",
-               "--batch", "4");
-    test_expect_ok(&r);
-    test_run_free(&r);
-    r = MSDIFF("sample", "--model", ck, "--seeds", "0-3", "--outdir", B, "--sampler", "euler", "--steps", "2",
-               "--batch", "3", "--grid", grid, "--cols", "2");
-    test_expect_ok(&r);
-    test_run_free(&r);
-    r = MSDIFF("sample", "--model", ck, "--seeds", "0-3", "--outdir", C, "--sampler", "euler", "--steps", "2",
-               "--batch", "4");
-    test_expect_ok(&r);
-    test_run_free(&r);
+    MSDIFF_OK("init", "--preset", "mini-ms", "--seed", "3", "--out", ck);
+    MSDIFF_OK("sample", "--model", ck, "--seeds", "0-3", "--outdir", A, "--sampler", "euler", "--steps", "2",
+              "--batch", "4");
+    MSDIFF_OK("sample", "--model", ck, "--seeds", "0-3", "--outdir", B, "--sampler", "euler", "--steps", "2",
+              "--batch", "3", "--grid", grid, "--cols", "2");
+    MSDIFF_OK("sample", "--model", ck, "--seeds", "0-3", "--outdir", C, "--sampler", "euler", "--steps", "2",
+              "--batch", "4");
 
     // A holds exactly seed000000.png .. seed000003.png
     int listed = 0;
@@ -191,10 +183,8 @@ END_TEST
 
 START_TEST(train_then_sample) {
     const char *run = test_path("run"), *data = test_path("data28"), *grid = test_path("g.png");
-    struct test_run r = MSDIFF("train", "--preset", "mini", "--data", data, "--steps", "2", "--batch", "2", "--out",
-                               run, "--quiet");
-    test_expect_ok(&r);
-    test_run_free(&r);
+    MSDIFF_OK("train", "--preset", "mini", "--data", data, "--steps", "2", "--batch", "2", "--out", run,
+              "--quiet");
     const char *files[] = {"run.json", "log.csv", "state.safetensors", "ema.safetensors"};
     for (int i = 0; i < 4; i++) {
         const char *p = test_pathf("%s/%s", run, files[i]);
@@ -213,9 +203,7 @@ START_TEST(train_then_sample) {
     free(json);
     ck_assert_msg(state_step(test_pathf("%s/state.safetensors", run)) == 2, "state.safetensors is not at step 2");
 
-    r = MSDIFF("sample", "--model", run, "--seeds", "0-1", "--grid", grid, "--sampler", "euler", "--steps", "2");
-    test_expect_ok(&r);
-    test_run_free(&r);
+    MSDIFF_OK("sample", "--model", run, "--seeds", "0-1", "--grid", grid, "--sampler", "euler", "--steps", "2");
     struct image g = read_png(grid);
     ck_assert_msg(g.C == 1 && g.W == 2 * RES + 3 * 2 && g.H == RES + 2 * 2, "grid of 2 is %dx%dx%d", g.C, g.H,
                   g.W);
@@ -267,12 +255,8 @@ START_TEST(resume_equals_uninterrupted) {
     // (by default it is a tenth of the first run's images, which would differ between R1 and R2).
 #define COMMON "train", "--preset", "mini-ms", "--decoders", "8,8,8", "--policy", "uniform", "--data", data, \
                "--batch", "2", "--seed", "1", "--lr-rampup", "8", "--quiet"
-    struct test_run r = MSDIFF(COMMON, "--steps", "3", "--out", r1);
-    test_expect_ok(&r);
-    test_run_free(&r);
-    r = MSDIFF(COMMON, "--steps", "1", "--out", r2);
-    test_expect_ok(&r);
-    test_run_free(&r);
+    MSDIFF_OK(COMMON, "--steps", "3", "--out", r1);
+    MSDIFF_OK(COMMON, "--steps", "1", "--out", r2);
 #undef COMMON
     const char *s1 = test_pathf("%s/state.safetensors", r1), *s2 = test_pathf("%s/state.safetensors", r2);
     ck_assert_msg(state_step(s2) == 1, "the first half did not stop at step 1");
@@ -286,7 +270,7 @@ START_TEST(resume_equals_uninterrupted) {
     ck_assert_msg(g[0] == 3 && (g[1] > 0) + (g[2] > 0) + (g[3] > 0) >= 2, "%s: adam_steps '%s', want 3 shared "
                   "steps over at least two decoders", s1, adam);
     msd_st_free(&f);
-    r = MSDIFF("train", "--out", r2, "--resume", "--steps", "3", "--log-seconds", "1000");
+    struct test_run r = MSDIFF("train", "--out", r2, "--resume", "--steps", "3", "--log-seconds", "1000");
     test_expect_ok(&r);
     ck_assert_msg(strstr(r.out, "resuming") && strstr(r.out, "at step 1 "), "resume does not say where it starts: "
                   "%s", r.out);
@@ -418,10 +402,8 @@ END_TEST
 
 START_TEST(sample_bad_input) {
     const char *ck = test_path("bad-model.safetensors"), *grid = test_path("bad.png");
-    struct test_run r = MSDIFF("init", "--preset", "mini", "--out", ck);
-    test_expect_ok(&r);
-    test_run_free(&r);
-    r = MSDIFF("sample", "--model", ck, "--seeds", "5-2", "--grid", grid);
+    MSDIFF_OK("init", "--preset", "mini", "--out", ck);
+    struct test_run r = MSDIFF("sample", "--model", ck, "--seeds", "5-2", "--grid", grid);
     TEST_EXPECT_FAIL(&r, 2, "--seeds", "5-2");
     test_run_free(&r);
     const char *bad_seeds[] = {"", "x", "1-", "1,,2", "-3", " 3", "2- 4", "2-x"};
@@ -455,18 +437,10 @@ START_TEST(sample_bad_input) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("workflow");
-    TCase *tc = tcase_create("train and sample");
-    tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, sample_deterministic_and_batch_independent);
-    tcase_add_test(tc, train_then_sample);
-    tcase_add_test(tc, resume_equals_uninterrupted);
-    tcase_add_test(tc, sigint_saves_and_resumes);
-    tcase_add_test(tc, train_bad_input);
-    tcase_add_test(tc, sample_bad_input);
-    suite_add_tcase(s, tc);
     setup(); // before the tests fork: they share the directory and its data
-    int rc = run_suite(s);
-    test_tmpdir_remove();
-    return rc;
+    const TTest *tests[] = {
+        sample_deterministic_and_batch_independent, train_then_sample, resume_equals_uninterrupted,
+        sigint_saves_and_resumes, train_bad_input, sample_bad_input,
+    };
+    return run_tests("workflow", 600, tests, TEST_COUNT(tests));
 }

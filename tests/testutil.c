@@ -18,47 +18,54 @@
 #include <sys/prctl.h> // PR_SET_PDEATHSIG: a child never outlives a killed test
 #endif
 
+#include "common/core/backend.h"
 #include "common/core/rng.h"
 #include "common/core/util.h"
 #include "tolerance.h"
 
 // ---------------------------------------------------------------------------------------------------
-// Guarded buffers. Layout: [n][guard][data ... n floats][guard]; the size sits in front so free and
-// check need only the pointer. The sentinel is a NaN with a payload no computation produces.
+// Guarded buffers, of floats or doubles. Layout: [head][guard][data ... n elements][guard]; the head
+// (16 bytes, so that the data stays aligned) holds n, so free and check need only the pointer. The
+// sentinel is a NaN with a payload no computation produces.
 
+enum { HEAD = 16 };
 static const uint32_t GUARD_BITS = 0x7fc0beefu;
+static const uint64_t DGUARD_BITS = 0x7ff8dead0000beefull;
 
-static float guard_value(void) {
-    float g;
-    memcpy(&g, &GUARD_BITS, sizeof g);
-    return g;
-}
-
-float *tbuf_new(size_t n) {
-    float *base = xmalloc((n + 2 * TEST_GUARD + 2) * sizeof(float));
-    memcpy(base, &n, sizeof n); // two floats' worth of header holds the size
-    float *p = base + 2 + TEST_GUARD;
-    float g = guard_value();
-    for (size_t i = 0; i < TEST_GUARD; i++) p[-1 - (long)i] = p[n + i] = g;
-    for (size_t i = 0; i < n; i++) p[i] = 0.0f;
+static void *guarded_new(size_t n, size_t size, const void *sentinel) {
+    unsigned char *base = xmalloc(HEAD + (n + 2 * TEST_GUARD) * size), *p = base + HEAD + TEST_GUARD * size;
+    memcpy(base, &n, sizeof n);
+    for (size_t i = 0; i < TEST_GUARD; i++) {
+        memcpy(p - (i + 1) * size, sentinel, size);
+        memcpy(p + (n + i) * size, sentinel, size);
+    }
+    memset(p, 0, n * size); // 0.0 in either type
     return p;
 }
 
-void tbuf_check(const float *p, size_t n, const char *what) {
+static void guarded_check(const void *p, size_t n, size_t size, const void *sentinel, const char *what) {
+    const unsigned char *q = p;
     for (size_t i = 0; i < TEST_GUARD; i++) {
-        uint32_t lo, hi;
-        memcpy(&lo, &p[-1 - (long)i], sizeof lo);
-        memcpy(&hi, &p[n + i], sizeof hi);
-        ck_assert_msg(lo == GUARD_BITS, "%s: guard before the buffer overwritten at offset -%zu", what,
-                      i + 1);
-        ck_assert_msg(hi == GUARD_BITS, "%s: guard after the buffer overwritten at offset n+%zu (n=%zu)",
-                      what, i, n);
+        ck_assert_msg(!memcmp(q - (i + 1) * size, sentinel, size),
+                      "%s: guard before the buffer overwritten at offset -%zu", what, i + 1);
+        ck_assert_msg(!memcmp(q + (n + i) * size, sentinel, size),
+                      "%s: guard after the buffer overwritten at offset n+%zu (n=%zu)", what, i, n);
     }
 }
 
-void tbuf_free(float *p) {
-    if (p) free(p - 2 - TEST_GUARD);
+static void guarded_free(void *p, size_t size) {
+    if (p) free((unsigned char *)p - HEAD - TEST_GUARD * size);
 }
+
+float *tbuf_new(size_t n) { return guarded_new(n, sizeof(float), &GUARD_BITS); }
+void tbuf_check(const float *p, size_t n, const char *what) { guarded_check(p, n, sizeof(float), &GUARD_BITS, what); }
+void tbuf_free(float *p) { guarded_free(p, sizeof(float)); }
+
+double *dbuf_new(size_t n) { return guarded_new(n, sizeof(double), &DGUARD_BITS); }
+void dbuf_check(const double *p, size_t n, const char *what) {
+    guarded_check(p, n, sizeof(double), &DGUARD_BITS, what);
+}
+void dbuf_free(double *p) { guarded_free(p, sizeof(double)); }
 
 // ---------------------------------------------------------------------------------------------------
 // Fills
@@ -69,6 +76,15 @@ void fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi) {
 
 void fill_normal(float *x, size_t n, uint64_t seed, float std) {
     for (size_t i = 0; i < n; i++) x[i] = std * msd_rng_normal(seed, MSD_STREAM_TEST, i);
+}
+
+void perturb_weights(const struct msd_backend *be, float *w, size_t n, uint64_t seed, float std) {
+    float *h = xmalloc(n * sizeof *h), *d = xmalloc(n * sizeof *d);
+    be->download(h, w, n);
+    fill_normal(d, n, seed, std);
+    for (size_t i = 0; i < n; i++) h[i] += d[i];
+    be->upload(w, h, n);
+    free(h), free(d);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -235,12 +251,29 @@ double check_op_gradients(const char *op, fd_forward forward, op_backward backwa
     return worst;
 }
 
-int run_suite(Suite *s) {
+// ---------------------------------------------------------------------------------------------------
+// Running a suite
+
+int run_test_suite(const struct test_suite *t) {
+    Suite *s = suite_create(t->name);
+    TCase *tc = tcase_create(t->name);
+    if (t->timeout_s > 0) tcase_set_timeout(tc, t->timeout_s);
+    if (t->setup) tcase_add_checked_fixture(tc, t->setup, NULL);
+    for (size_t i = 0; i < t->n; i++)
+        if (t->tests[i]) tcase_add_test(tc, t->tests[i]);
+    for (size_t i = 0; i < t->n_loops; i++) tcase_add_loop_test(tc, t->loops[i].test, 0, t->loops[i].n);
+    suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
+    if (t->no_fork) srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
+    const int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    test_tmpdir_remove();
     return failed ? 1 : 0;
+}
+
+int run_tests(const char *name, int timeout_s, const TTest *const *tests, size_t n) {
+    return run_test_suite(&(struct test_suite){.name = name, .timeout_s = timeout_s, .tests = tests, .n = n});
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -395,6 +428,12 @@ void test_run_free(struct test_run *r) {
 void test_expect_ok(const struct test_run *r) {
     ck_assert_msg(r->status == 0, "'%s' exited with %d, want 0; stdout: %s; stderr: %s", r->line, r->status,
                   r->out, r->err);
+}
+
+void test_run_ok(const char *const *argv) {
+    struct test_run r = test_run_argv(argv);
+    test_expect_ok(&r);
+    test_run_free(&r);
 }
 
 void test_expect_fail(const struct test_run *r, int status, const char *const *needles) {

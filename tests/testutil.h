@@ -16,17 +16,26 @@
 #include <sys/types.h>
 
 // ---------------------------------------------------------------------------------------------------
-// Guarded host buffers: n usable floats with TEST_GUARD floats of a sentinel on each side.
+// Guarded host buffers: n usable floats, zeroed, with TEST_GUARD floats of a sentinel on each side.
 #define TEST_GUARD 64
 float *tbuf_new(size_t n);
 // Fail the test (ck_assert_msg) if a guard was overwritten; `what` names the buffer.
 void tbuf_check(const float *p, size_t n, const char *what);
 void tbuf_free(float *p);
+// The same for doubles.
+double *dbuf_new(size_t n);
+void dbuf_check(const double *p, size_t n, const char *what);
+void dbuf_free(double *p);
 
 // ---------------------------------------------------------------------------------------------------
 // Seeded fills from the counter RNG (stream MSD_STREAM_TEST). Each call uses its own seed.
 void fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
 void fill_normal(float *x, size_t n, uint64_t seed, float std);
+// Add N(0, std^2) draws (fill_normal with seed) to the n floats at w, which live in be's memory: how the
+// suites move every weight of a freshly initialised network off its special starting values (zero
+// biases, unit GroupNorm scales, the 1e-5 layers).
+struct msd_backend;
+void perturb_weights(const struct msd_backend *be, float *w, size_t n, uint64_t seed, float std);
 
 // ---------------------------------------------------------------------------------------------------
 // Comparison: got against want, elementwise. NaN/Inf agreement is checked first (a NaN where the
@@ -52,7 +61,8 @@ void assert_close(const float *got, const float *want, size_t n, double abs_tol,
 // (L(x+h) - L(x-h)) / (2h) against the analytic gradient `grad` (what the op's backward produced for
 // dy = r). Up to max_entries entries are checked (all of them when the tensor is smaller), chosen
 // with `seed`. Returns the worst error |fd - an| / (max(|fd|, |an|) + 1e-3 * max |an|), and fails
-// the test when it exceeds FD_TOL. The line it prints is what the closing note of an op quotes.
+// the test when it exceeds FD_TOL. It prints one line, the worst error, so that a run shows how far
+// inside FD_TOL each gradient is.
 typedef void (*fd_forward)(void *ctx, float *out);
 double fd_check(const char *what, fd_forward f, void *ctx, const float *r, size_t nout, float *x,
                 const float *grad, size_t nx, int max_entries, uint64_t seed);
@@ -76,14 +86,40 @@ typedef void (*op_backward)(void *ctx, const float *dy);
 double check_op_gradients(const char *op, fd_forward forward, op_backward backward, void *ctx,
                           float *out, size_t nout, struct grad_tensor *t, int nt, uint64_t seed);
 
-// Run a suite with Check; the exit status says whether anything failed.
-int run_suite(Suite *s);
+// ---------------------------------------------------------------------------------------------------
+// Running a suite. A suite's main() lists its tests and hands the list to run_tests, which makes the
+// suite `name` of one test case holding them in order (a NULL entry is left out: a test this machine
+// cannot run), gives each test timeout_s seconds (0: Check's default), runs them (each in a process of
+// its own, Check's default), removes the temporary directory if the suite made one, and returns main's
+// exit status: 0 when every test passed.
+int run_tests(const char *name, int timeout_s, const TTest *const *tests, size_t n);
+#define TEST_COUNT(list) (sizeof(list) / sizeof((list)[0]))
+
+// The same with what some suites need besides: loop tests (Check runs loops[k].test once per _i in
+// [0, loops[k].n), each its own test, after the plain ones), a function run before each test in the
+// test's process (a checked fixture), and the tests run in this process instead of forked (a CUDA
+// context does not survive fork).
+struct loop_test {
+    const TTest *test;
+    int n;
+};
+struct test_suite {
+    const char *name;
+    int timeout_s;
+    const TTest *const *tests;
+    size_t n;
+    const struct loop_test *loops;
+    size_t n_loops;
+    void (*setup)(void);
+    bool no_fork;
+};
+int run_test_suite(const struct test_suite *s);
 
 // ---------------------------------------------------------------------------------------------------
-// Temporary files. A suite makes one directory /tmp/msd-test-<suite>-XXXXXX before its tests run and
-// removes it, with whatever the tests left in it, at the end. Make it in the parent process: in main()
-// before run_suite, or in an unchecked fixture (tcase_add_unchecked_fixture); Check forks every test,
-// and the forked tests inherit the name. Never remove it from inside a test.
+// Temporary files. A suite makes one directory /tmp/msd-test-<suite>-XXXXXX before its tests run, and
+// run_tests removes it, with whatever the tests left in it, at the end. Make it in the parent process,
+// in main() before run_tests: Check forks every test, and the forked tests inherit the name. Never
+// remove it from inside a test.
 //
 // Paths come back in TEST_PATHS rotating static buffers of TEST_PATH_MAX bytes: a test may hold up to
 // TEST_PATHS of them at once (two in one expression are fine), and copies one it keeps for longer.
@@ -144,6 +180,9 @@ void test_run_free(struct test_run *r);
 // Run the built ./msdiff with the arguments: MSDIFF("info", "--preset", "mini"). MSDIFF(NULL) runs
 // it with no arguments at all.
 #define MSDIFF(...) test_run_argv((const char *const[]){"./msdiff", __VA_ARGS__, NULL})
+// Run argv as test_run_argv does and expect it to succeed (test_expect_ok); its output is not kept.
+void test_run_ok(const char *const *argv);
+#define MSDIFF_OK(...) test_run_ok((const char *const[]){"./msdiff", __VA_ARGS__, NULL})
 
 // The run exited with 0 (the message shows its stdout and stderr).
 void test_expect_ok(const struct test_run *r);

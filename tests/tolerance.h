@@ -31,10 +31,10 @@
 #define FD_TOL 1e-3
 
 // ===================================================================================================
-// fast/ (and cuda/) against ref/, op by op (tests/test_fast.c, tests/test_fast_gemm.c). Bounds are
-// per element, from the arithmetic each side does; the suites compose these primitives for each op
-// (the groupnorm and attention compositions are spelled out next to their tests, as loops over the
-// test's tensors).
+// fast/ and cuda/ against ref/, op by op (tests/test_fast.c, tests/test_fast_gemm.c,
+// tests/test_cuda_*.c). Bounds are per element, from the arithmetic each side does; the suites compose
+// these primitives for each op (the compositions over whole tensors, GroupNorm's statistics and
+// attention, are in tests/opcheck.c).
 
 // Higham's gamma_k = k u / (1 - k u), in float (gam) and double (gamd): k roundings in a row stay
 // within gamma_k without dropping second-order terms. A sum of len terms in any order and grouping
@@ -55,6 +55,32 @@ static inline double bound_double_sums(double want, double A, double len) {
 // addition adds u |D0 + S| on each side.
 static inline double bound_accumulated(double want, double D0, double A, double len) {
     return bound_double_sums(want - D0, A, len) + 2 * U * (1 + 2 * U) * fabs(want);
+}
+
+// A value computed in double on each side, the two double results within dd of each other, each
+// rounded once to float: |fl(a) - fl(b)| <= |a - b| + u |a| + u |b| <= (1 + u) dd + 2u (1 + 2u) |want|
+// (|b| <= |want| / (1 - u)), plus 2^-149 where the results are subnormal floats (each rounding then
+// errs by up to 2^-150, absolutely).
+static inline double bound_rounded_pair(double want, double dd) {
+    return (1 + U) * dd + 2 * U * (1 + 2 * U) * fabs(want) + 0x1p-149;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// GroupNorm's statistics: ref/, fast/ and cuda/ all sum in double, each in its own order, and round
+// the mean and rstd to float once. Per group of M = (C/G) HW values, with A = mean |x| and ref's saved
+// mean m and rstd r (floats):
+// - mean: each side's double sum, the division included, is within gamd(M + 2) A of the exact mean,
+//   and each rounds once: b_mean = d + u (2 |m| + d), d = 2 gamd(M + 2) A.
+// - rstd: the two-pass variance on each side, sum (x - mu_side)^2 / M = var + (mu - mu_side)^2 plus
+//   its rounding (relative gamd(M + 4)); then + eps, sqrt, the division and one float rounding on
+//   each side: b_rstd = r (2u (1 + 2u) + 2 gamd(M + 6) + d^2 / (var + eps)), var the exact variance.
+static inline double bound_gn_mean(double m, double A, double M) {
+    const double d = 2 * gamd(M + 2) * A;
+    return d + U * (2 * fabs(m) + d);
+}
+static inline double bound_gn_rstd(double r, double A, double var, double M, double eps) {
+    const double d = 2 * gamd(M + 2) * A;
+    return r * (2 * U * (1 + 2 * U) + 2 * gamd(M + 6) + d * d / (var + eps));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -119,7 +145,7 @@ static inline double bound_gemm_stat(double L, float mag, double want_abs) {
 // (tests/test_fast_net.c holds fast/ to ref/ with these; tests/test_model.c holds every backend to
 // the PyTorch reference dumps with NET_D_TOL and NET_GRAD_TOL).
 //
-// NET_D_TOL, NET_GRAD_TOL: the budgets DESIGN.md section 8 sets: max |D - D_ref| <= NET_D_TOL max |D_ref|
+// NET_D_TOL, NET_GRAD_TOL: the budgets docs/DESIGN.md sets (Tests): max |D - D_ref| <= NET_D_TOL max |D_ref|
 // (and |loss - loss_ref| <= NET_D_TOL |loss_ref|), and every gradient tensor g within NET_GRAD_TOL
 // max |g_ref| of its reference. They are budgets with a reason, not rigorous bounds. The reason: every layer
 // is a reduction whose float error is, in the rms sense, within gam_stat(L) of its scale (above);
