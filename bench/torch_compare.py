@@ -8,10 +8,10 @@
 # (the `python3` first on PATH may be another one without torch). Nothing else is needed: safetensors
 # files are read and written here with struct, json and numpy.
 #
-# What it holds, in order: safetensors I/O; the network (docs/DESIGN.md, The U-Net: EDM's SongUNet with
+# What it holds, in order: safetensors I/O; the network (docs/METHOD.md, Architecture: EDM's SongUNet with
 # the DDPM++ settings, the authors' MultistageUNet, separate networks), following the computation
 # docs/DESIGN.md describes and checked name for name against msdiff's checkpoints; EDM/VP
-# preconditioning and the EDM loss (docs/METHOD.md, Preconditioning; common/model/precond.c); the three
+# preconditioning and the EDM loss (docs/METHOD.md, Preconditioning and losses; common/model/precond.c); the three
 # subcommands (compare, bench, selftest).
 # What it does not hold: any training data, samplers, or msdiff's own RNG (inputs come from numpy).
 import argparse
@@ -696,7 +696,7 @@ def main():
     common.add_argument("--msdiff", default=os.path.join(REPO, "msdiff"),
                         help="the msdiff program (default: REPO/msdiff; build it with make -j2)")
     p = argparse.ArgumentParser(
-        description="msdiff's U-Net (docs/DESIGN.md, The U-Net) in PyTorch: compare msdiff's denoiser with it, "
+        description="msdiff's U-Net (docs/METHOD.md, Architecture) in PyTorch: compare msdiff's denoiser with it, "
                     "time PyTorch's training step and sampling forward, or check it against EDM's "
                     "reference dumps in tests/data.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

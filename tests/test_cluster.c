@@ -38,7 +38,7 @@ static const struct msd_backend *be = &msd_backend_ref;
 START_TEST(conversions) {
     // the paper's CIFAR-10 boundary t1 = 0.4420 is sigma 2.5103
     ck_assert_msg(fabs(msd_cluster_sigma(0.4420) - 2.5103) < 5e-5, "sigma(0.4420) = %.6f", msd_cluster_sigma(0.4420));
-    // (the paper's second pair, docs/METHOD.md (Known numbers), does not match: sigma(0.6308) = 7.4046,
+    // (the paper's second pair, docs/METHOD.md (Numbers the tests check), does not match: sigma(0.6308) = 7.4046,
     // and 7.6577 is t = 0.6360)
     printf("sigma(0.4420) = %.4f, sigma(0.6308) = %.4f, t(7.6577) = %.4f\n", msd_cluster_sigma(0.4420),
            msd_cluster_sigma(0.6308), msd_cluster_time(7.6577));
@@ -48,7 +48,7 @@ START_TEST(conversions) {
         ck_assert_msg(fabs(msd_cluster_logsnr(t) + 2 * log(s)) < 1e-9 * fmax(1, fabs(msd_cluster_logsnr(t))),
                       "log-SNR(%g) = %.17g, -2 log sigma = %.17g", t, msd_cluster_logsnr(t), -2 * log(s));
     }
-    // log-SNR from s_t as docs/METHOD.md (Table 4 baselines) writes it: 2 (log s - log sqrt(1 - s^2)),
+    // log-SNR from s_t as docs/METHOD.md (The Table 4 baselines: interval DP) writes it: 2 (log s - log sqrt(1 - s^2)),
     // log s = -t^2 19.9/4 - t 0.1/2
     const double t = 0.3, ls = -t * t * 19.9 / 4 - t * 0.1 / 2, s2 = exp(2 * ls);
     ck_assert_msg(fabs(msd_cluster_logsnr(t) - 2 * (ls - 0.5 * log(1 - s2))) < 1e-12, "log-SNR(0.3) = %.17g",
@@ -62,7 +62,7 @@ START_TEST(table4_library) {
     printf("interval DP, snr: t1 = %.4f, t2 = %.4f (Table 4: 0.348, 0.709)\n", b[0], b[1]);
     ck_assert_msg(fabs(b[0] - 0.348) < 1e-12 && fabs(b[1] - 0.709) < 1e-12, "snr: %.17g %.17g", b[0], b[1]);
     ck_assert_int_eq(msd_cluster_interval(MSD_INTERVAL_TIMESTEP, 1000, 3, b), 0);
-    printf("interval DP, timestep: t1 = %.4f, t2 = %.4f (docs/METHOD.md, Table 4 baselines: 0.334, 0.667)\n", b[0],
+    printf("interval DP, timestep: t1 = %.4f, t2 = %.4f (docs/METHOD.md, The Table 4 baselines: 0.334, 0.667)\n", b[0],
            b[1]);
     ck_assert_msg(fabs(b[0] - 0.334) < 1e-12 && fabs(b[1] - 0.667) < 1e-12, "timestep: %.17g %.17g", b[0], b[1]);
     // bad sizes are messages, not crashes

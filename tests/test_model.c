@@ -48,7 +48,7 @@ START_TEST(paper_counts) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// Reference dumps, on every backend (docs/DESIGN.md, Numerics and tests): ref, and fast where the CPU
+// Reference dumps, on every backend (docs/DESIGN.md, The PyTorch reference dumps): ref, and fast where the CPU
 // has AVX2/FMA.
 
 static const char *data_path(const char *file) {

@@ -10,7 +10,7 @@
 //             concat(x, skip), then RxR_aux_norm -> silu -> RxR_aux_conv        (one per stage)
 // A unified model is one stage; "separate" gives every stage its own mapping and encoder too.
 //
-// Memory (docs/DESIGN.md, Tensors and memory): one buffer each for parameters, gradients, Adam moments and EMA,
+// Memory (docs/DESIGN.md, Memory): one buffer each for parameters, gradients, Adam moments and EMA,
 // laid out by the parameter table; one activation arena planned for a batch size. The forward pass
 // keeps per block only what cannot be recomputed cheaply (conv outputs, attention tensors,
 // normalisation statistics); the backward pass recomputes the rest (normalised and activated inputs,
