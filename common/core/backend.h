@@ -166,7 +166,8 @@ struct msd_backend {
     // ---------------------------------------------------------------------------------------------
     // The optimal denoiser of an empirical data set {y_k} (docs/METHOD.md, The optimal denoiser;
     // common/model/cluster.h): the posterior mean of y given z = y + sigma_n eps, y uniform over the
-    // K images. In the VP notation x_t = s_t z, and these weights equal exp(-||x_t - s_t y_k||^2 / (2 (s_t sigma_t)^2)).
+    // K images. In the VP notation x_t = s_t z, and these weights equal
+    // exp(-||x_t - s_t y_k||^2 / (2 (s_t sigma_t)^2)).
     //   d[n, k] = ||z[n] - y_k||^2 (double);  w[n, k] = exp(-(d[n, k] - min_k d[n, k]) / (2 sigma[n]^2))
     //   m[n] = sum_k w[n, k] y_k / sum_k w[n, k]
     // The minimum is subtracted (log-sum-exp), so the nearest image has weight 1 and nothing
