@@ -13,7 +13,7 @@
 #          or names nothing in it (resolved from the file's folder; web links and #anchors are skipped);
 #       4. an absolute path into the development machine's /work folder (any file), or into its
 #          /tmp folder (documentation: *.md files and docs/). Exempt from the /tmp part: docs/device/,
-#          logs copied verbatim from lent GPU machines, which record the scratch folders that the
+#          logs copied verbatim from GPU machines, which record the scratch folders that the
 #          device scripts used there;
 #       5. a design-note name (DESIGN, STYLE or PAPER followed by .md) that names no file of the
 #          repository, read from the root or from the file's folder: `docs/DESIGN.md` is fine
