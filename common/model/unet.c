@@ -349,7 +349,7 @@ static void block_backward(struct msd_model *m, struct msd_block *k, float *dx, 
         float *d_resid_via_norm2 = A->g3; // d_qkv is spent
         norm_bwd(m, &k->norm2, d_resid_via_norm2, d_norm2_resid, k->act.mean2, k->act.rstd2, k->act.resid,
                  N, r);
-        // resid reaches out twice: through the shortcut (dout s, which d_proj_out holds) and through norm2
+        // resid feeds out twice, through the shortcut (gradient dout s, in d_proj_out) and through norm2
         float *d_resid_sum = d_proj_out;
         be->axpby(d_resid_sum, 1.0f, d_resid_via_norm2, 1.0f, n_out);
         d_resid = d_resid_sum;
@@ -383,7 +383,7 @@ static void block_backward(struct msd_model *m, struct msd_block *k, float *dx, 
     const float *conv0_in = block_conv0_input(m, k, norm0_x, silu0, silu0_resampled, x, N);
     float *d_conv0_in = A->g2;
     conv_bwd(m, &k->conv0, d_conv0_in, d_h, conv0_in, N, r);
-    float *d_silu0 = d_conv0_in;
+    float *d_silu0 = d_conv0_in; // without resampling, conv0_in is silu0
     if (k->resample != MSD_RESAMPLE_NONE) {
         d_silu0 = A->g3; // d_h is spent
         resample_bwd(m, k->resample, d_silu0, d_conv0_in, N, k->cin, k->res_in);
@@ -401,11 +401,10 @@ static void block_backward(struct msd_model *m, struct msd_block *k, float *dx, 
     const float *skip_in = block_skip_input(m, k, x_resampled, x, N);
     float *d_skip_in = A->g2;
     conv_bwd(m, &k->skip, d_skip_in, d_skip_out, skip_in, N, r);
-    const float *d_x_via_skip = d_skip_in;
+    float *d_x_via_skip = d_skip_in; // without resampling, skip_in is x
     if (k->resample != MSD_RESAMPLE_NONE) {
-        float *d_x_resampled = A->g3;
-        resample_bwd(m, k->resample, d_x_resampled, d_skip_in, N, k->cin, k->res_in);
-        d_x_via_skip = d_x_resampled;
+        d_x_via_skip = A->g3; // d_silu0 is spent
+        resample_bwd(m, k->resample, d_x_via_skip, d_skip_in, N, k->cin, k->res_in);
     }
     be->axpby(dx, 1.0f, d_x_via_skip, 1.0f, n_in);
 }
