@@ -3,6 +3,7 @@
 #   make check         build and run every test suite (tests/test_*.c)
 #   make bench         benchmarks (bench/)
 #   make demo          the main job on its built-in default
+#   make fuzz          the parsers' fuzz harnesses (tests/fuzz/), FUZZ_SECONDS each
 #   make clean
 # Options: NO_OMP=1 (no OpenMP), NO_CUDA=1 (skip cuda/ even when nvcc is found),
 #          SANITIZE=1 (-fsanitize=address,undefined), CC=..., NVCC=...
@@ -81,7 +82,7 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(TEST_SRCS:%.c=$(BUILD)/%)
 TEST_UTIL_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(TEST_SRCS),$(wildcard tests/*.c)))
 
-.PHONY: all check run-tests bench demo deps clean
+.PHONY: all check run-tests bench demo deps clean fuzz
 .SECONDARY:
 all: msdiff $(BUILD)/libmsdiff.a
 
@@ -180,6 +181,13 @@ demo: deps
 	@echo "      models/README.md). The short run's folder is demo/run (run.json, log.csv, state.safetensors,"
 	@echo "      ema.safetensors), its samples demo/samples.png: $(DEMO_STEPS) steps of $(DEMO_BATCH) images is the"
 	@echo "      start of training, rough garment shapes. Longer runs: ./msdiff train --help"
+
+# The libFuzzer harnesses of tests/fuzz/ (built with clang, AddressSanitizer and UBSan in build/fuzz/):
+# each for FUZZ_SECONDS, or for FUZZ_RUNS inputs when that is set (CI's smoke run). Fails on any finding.
+FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
+fuzz: deps
+	tests/fuzz/run.sh $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS),--seconds $(FUZZ_SECONDS))
 
 clean:
 	rm -rf $(BUILD) msdiff
