@@ -7,9 +7,10 @@
 #
 # usage: tests/fuzz/run.sh [--seconds S | --runs N] [HARNESS ...]
 #   --seconds S   fuzz each harness for S seconds (default 60)
-#   --runs N      or for N inputs each (a fixed amount of work: what CI's smoke run uses)
+#   --runs N      or for N inputs each, from a fixed random seed, so that the run is the same every
+#                 time (what CI's smoke run uses)
 #   HARNESS       fuzz_safetensors, fuzz_checkpoint, ... (default: every tests/fuzz/fuzz_*.c)
-# Environment: CLANG (default clang), FUZZ_JOBS (parallel harnesses, default 1).
+# Environment: CLANG, the compiler (default clang).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -18,8 +19,8 @@ harnesses=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) budget=(-max_total_time="$2"); shift 2 ;;
-        --runs) budget=(-runs="$2"); shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --runs) budget=(-runs="$2" -seed=1); shift 2 ;;
+        -h|--help) sed -n '2,/^set /p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         fuzz_*) harnesses+=("$1"); shift ;;
         *) echo "tests/fuzz/run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
