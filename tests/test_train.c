@@ -7,11 +7,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "common/core/backend.h"
 #include "common/core/error.h"
 #include "common/model/model.h"
 #include "common/model/precond.h"
 #include "common/core/rng.h"
+#include "common/io/safetensors.h"
 #include "common/model/train.h"
 #include "testutil.h"
 
@@ -269,10 +272,95 @@ START_TEST(resume_is_exact) {
 }
 END_TEST
 
+// A state file whose metadata value `key` is replaced by `value` (within the "train" JSON when
+// train_key is set: there the string field train_key). The tensors are copied as they are.
+static void rewrite_state(const char *from, const char *to, const char *key, const char *train_key,
+                          const char *value) {
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, from) == 0, "%s", msd_last_error());
+    struct msd_st_entry e[4];
+    const char *names[4] = {"weights", "adam_m", "adam_v", "ema"};
+    for (int i = 0; i < 4; i++) {
+        const struct msd_st_tensor *t = msd_st_find(&f, names[i]);
+        ck_assert(t && t->ndim == 1);
+        float *data = malloc((size_t)t->shape[0] * sizeof *data);
+        ck_assert(data && msd_st_get_f32(&f, names[i], 1, t->shape, data) == 0);
+        e[i] = (struct msd_st_entry){names[i], 1, {t->shape[0]}, data};
+    }
+    const char *keys[16], *values[16];
+    char *train_text = NULL;
+    int n = 0;
+    for (cJSON *m = f.metadata->child; m && n < 16; m = m->next, n++) {
+        keys[n] = m->string, values[n] = m->valuestring;
+        if (strcmp(m->string, key)) continue;
+        if (!train_key) {
+            values[n] = value;
+            continue;
+        }
+        cJSON *j = cJSON_Parse(m->valuestring);
+        ck_assert(j && cJSON_GetObjectItemCaseSensitive(j, train_key));
+        cJSON_ReplaceItemInObjectCaseSensitive(j, train_key, cJSON_CreateString(value));
+        values[n] = train_text = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+    }
+    ck_assert_msg(msd_st_write(to, e, 4, keys, values, n) == 0, "%s", msd_last_error());
+    for (int i = 0; i < 4; i++) free((void *)e[i].data);
+    free(train_text);
+    msd_st_free(&f);
+}
+
+// The counts and the seed of a state file are read as whole numbers in range, or refused with a
+// message naming the field: a count past 2^53 would overflow at the next increment, a negative seed
+// would wrap round to a huge one.
+START_TEST(state_numbers_are_checked) {
+    struct msd_model m;
+    struct msd_train_state st;
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    tiny_model(&m, "tiny-ms", 0.0f, 3);
+    ck_assert(msd_train_state_init(&st, &m) == 0);
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
+    ck_assert_msg(msd_train_save(good, &m, &st, &o) == 0, "%s", msd_last_error());
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+    const struct { const char *key, *train_key, *value, *words; } cases[] = {
+        {"adam_steps", NULL, "99999999999999999999,0,0", "adam_steps '99999999999999999999,0,0', expected 3"},
+        {"adam_steps", NULL, "9007199254740993,0,0", "from 0 to 2^53"},
+        {"adam_steps", NULL, "1,-1,0", "adam_steps '1,-1,0'"},
+        {"adam_steps", NULL, "1, 2,0", "adam_steps '1, 2,0'"},
+        {"step", NULL, "-1", "step '-1', expected a count"},
+        {"step", NULL, "+4", "step '+4'"},
+        {"step", NULL, "18446744073709551616", "step '18446744073709551616'"},
+        {"images", NULL, "1e300", "images '1e300'"},
+        {"train", "seed", "-1", "seed '-1'"},
+        {"train", "seed", "18446744073709551616", "seed '18446744073709551616'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rewrite_state(good, bad, cases[i].key, cases[i].train_key, cases[i].value);
+        ck_assert_msg(msd_train_load(bad, &m, &st, &o, be) == -1, "%s = %s loaded", cases[i].key, cases[i].value);
+        ck_assert_msg(strstr(msd_last_error(), cases[i].words), "%s = %s: '%s' lacks '%s'", cases[i].key,
+                      cases[i].value, msd_last_error(), cases[i].words);
+    }
+    // the largest values are accepted
+    rewrite_state(good, bad, "adam_steps", NULL, "9007199254740992,0,7");
+    ck_assert_msg(msd_train_load(bad, &m, &st, &o, be) == 0, "%s", msd_last_error());
+    ck_assert(st.adam_steps[0] == 9007199254740992L && st.adam_steps[2] == 7);
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+    rewrite_state(good, bad, "train", "seed", "18446744073709551615");
+    ck_assert_msg(msd_train_load(bad, &m, &st, &o, be) == 0, "%s", msd_last_error());
+    ck_assert(o.seed == UINT64_MAX);
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+}
+END_TEST
+
 int main(void) {
+    test_tmpdir_make("train");
     const TTest *tests[] = {
         lognormal_frequencies, uniform_frequencies, vp_frequencies, restricted_law,
         only_the_routed_decoder_moves, resume_is_exact, training_lowers_heldout_loss,
+        state_numbers_are_checked,
     };
     return run_tests("train", 300, tests, TEST_COUNT(tests));
 }

@@ -2,6 +2,7 @@
 // See train.h for the algorithm; the run folder, logging and signals are in run.c.
 #include "train.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,6 +281,26 @@ static char *opts_to_json(const struct msd_train_opts *o) {
     return text;
 }
 
+// A whole number from the state file's metadata: decimal digits only (no sign, no space), at most max.
+// *end gets the first character after the digits. false when s does not start with a digit or the
+// number is above max (or above what strtoull holds).
+static bool read_digits(const char *s, unsigned long long max, unsigned long long *out, const char **end) {
+    *out = 0;
+    *end = s;
+    if (*s < '0' || *s > '9') return false;
+    errno = 0;
+    char *e;
+    const unsigned long long v = strtoull(s, &e, 10);
+    *end = e;
+    if (errno == ERANGE || v > max) return false;
+    *out = v;
+    return true;
+}
+
+// Step counts are bounded by 2^53: far beyond any run, every count stays exact in a double (images
+// seen are kept as one), and incrementing one can never overflow a long.
+#define MAX_STATE_COUNT (1ull << 53)
+
 static int opts_from_json(struct msd_train_opts *o, const char *text, const char *path) {
     cJSON *j = cJSON_Parse(text);
     if (!cJSON_IsObject(j)) {
@@ -304,9 +325,10 @@ static int opts_from_json(struct msd_train_opts *o, const char *text, const char
                     !cJSON_IsString(policy) || !cJSON_IsBool(xflip)))
         rc = msd_set_error("training state '%s': \"train\" needs seed (string), batch (>= 1), policy and xflip",
                            path);
-    char *end = NULL;
-    if (rc == 0) o->seed = strtoull(seed->valuestring, &end, 10);
-    if (rc == 0 && (*end || !seed->valuestring[0] || batch->valuedouble != batch->valueint))
+    const char *end = NULL;
+    unsigned long long seed_value = 0;
+    if (rc == 0 && (!read_digits(seed->valuestring, UINT64_MAX, &seed_value, &end) || *end ||
+                    batch->valuedouble != batch->valueint))
         rc = msd_set_error("training state '%s': \"train\" seed '%s' or batch %g is not a whole number", path,
                            seed->valuestring, batch->valuedouble);
     if (rc == 0 && !(o->lr > 0 && isfinite(o->lr) && o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 &&
@@ -316,6 +338,7 @@ static int opts_from_json(struct msd_train_opts *o, const char *text, const char
                            "eps > 0, P_std > 0, lr_rampup >= 0, ema_halflife > 0, ema_rampup >= 0, "
                            "grad_clip >= 0)", path);
     if (rc == 0) {
+        o->seed = seed_value;
         o->batch = batch->valueint;
         o->xflip = cJSON_IsTrue(xflip);
         if (!strcmp(policy->valuestring, "uniform")) o->policy = MSD_POLICY_UNIFORM;
@@ -370,18 +393,21 @@ int msd_train_load(const char *path, struct msd_model *m, struct msd_train_state
     if (rc == 0 && msd_model_create(m, &cfg, be) < 0) rc = -1;
     if (rc == 0 && msd_train_state_init(st, m) < 0) rc = -1;
     if (rc == 0) {
-        char *end;
-        st->step = strtol(step, &end, 10);
-        if (*end || st->step < 0) rc = msd_set_error("training state '%s': step '%s' is not a count", path, step);
-        st->images = strtod(images, &end);
-        if (rc == 0 && (*end || !(st->images >= 0)))
-            rc = msd_set_error("training state '%s': images '%s' is not a count", path, images);
+        const char *end;
+        unsigned long long count;
+        if (!read_digits(step, MAX_STATE_COUNT, &count, &end) || *end)
+            rc = msd_set_error("training state '%s': step '%s', expected a count from 0 to 2^53", path, step);
+        st->step = (long)count;
+        char *images_end;
+        st->images = strtod(images, &images_end);
+        if (rc == 0 && (*images_end || !(st->images >= 0) || st->images > (double)MAX_STATE_COUNT))
+            rc = msd_set_error("training state '%s': images '%s', expected a count from 0 to 2^53", path, images);
         const char *p = adam;
         for (int g = 0; rc == 0 && g <= cfg.n_stages; g++) {
-            st->adam_steps[g] = strtol(p, &end, 10);
-            if (end == p || st->adam_steps[g] < 0 || (g < cfg.n_stages ? *end != ',' : *end != '\0'))
-                rc = msd_set_error("training state '%s': adam_steps '%s', expected %d comma-separated counts",
-                                   path, adam, cfg.n_stages + 1);
+            if (!read_digits(p, MAX_STATE_COUNT, &count, &end) || (g < cfg.n_stages ? *end != ',' : *end != '\0'))
+                rc = msd_set_error("training state '%s': adam_steps '%s', expected %d comma-separated counts "
+                                   "from 0 to 2^53", path, adam, cfg.n_stages + 1);
+            st->adam_steps[g] = (long)count;
             p = end + 1;
         }
     }
