@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "common/cli/run.h"
 #include "common/core/error.h"
 #include "common/io/png.h"
 #include "common/io/safetensors.h"
@@ -436,11 +437,35 @@ START_TEST(sample_bad_input) {
 }
 END_TEST
 
+// run.json's step target is read as a whole number in --steps' range before it is converted: a value
+// beyond a long (1e300, or an integer too long for one) or a fraction is refused, naming the field.
+START_TEST(run_json_steps_are_checked) {
+    const char *dir = test_subdir("runjson");
+    const char *bad[] = {"1e300", "44444444444444444441", "400.5", "0", "-3", "1000000001"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *text = test_pathf("{\"data\": \"fmnist\", \"steps\": %s}", bad[i]);
+        test_write_file(test_pathf("%s/run.json", dir), text, strlen(text));
+        char *data = NULL;
+        long steps = 0;
+        ck_assert_msg(msd_run_read(dir, &data, &steps) == -1, "steps %s: read as %ld", bad[i], steps);
+        ck_assert_msg(strstr(msd_last_error(), "\"steps\"") && strstr(msd_last_error(), "from 1 to 1000000000"),
+                      "steps %s: %s", bad[i], msd_last_error());
+    }
+    const char *good = "{\"data\": \"fmnist\", \"steps\": 1000000000}";
+    test_write_file(test_pathf("%s/run.json", dir), good, strlen(good));
+    char *data = NULL;
+    long steps = 0;
+    ck_assert_msg(msd_run_read(dir, &data, &steps) == 0, "%s", msd_last_error());
+    ck_assert(steps == 1000000000 && !strcmp(data, "fmnist"));
+    free(data);
+}
+END_TEST
+
 int main(void) {
     setup(); // before the tests fork: they share the directory and its data
     const TTest *tests[] = {
         sample_deterministic_and_batch_independent, train_then_sample, resume_equals_uninterrupted,
-        sigint_saves_and_resumes, train_bad_input, sample_bad_input,
+        sigint_saves_and_resumes, train_bad_input, sample_bad_input, run_json_steps_are_checked,
     };
     return run_tests("workflow", 600, tests, TEST_COUNT(tests));
 }

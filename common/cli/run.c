@@ -133,8 +133,15 @@ int msd_run_read(const char *dir, char **data, long *steps) {
     char path[4096];
     cJSON *j = read_run_json(dir, path, sizeof path);
     if (!j) return -1;
+    // checked before the conversion: a double beyond long's range (1e300) would make the cast undefined
+    const double s = cJSON_GetObjectItemCaseSensitive(j, "steps")->valuedouble;
+    if (!(s >= 1 && s <= 1e9 && s == floor(s))) {
+        cJSON_Delete(j);
+        return msd_set_error("'%s': \"steps\" is %.17g, expected a whole number of steps from 1 to 1000000000 "
+                             "(the range of msdiff train --steps)", path, s);
+    }
     *data = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "data")->valuestring);
-    *steps = (long)cJSON_GetObjectItemCaseSensitive(j, "steps")->valuedouble;
+    *steps = (long)s;
     cJSON_Delete(j);
     return 0;
 }
