@@ -184,9 +184,11 @@ demo: deps
 
 # The libFuzzer harnesses of tests/fuzz/ (built with clang, AddressSanitizer and UBSan in build/fuzz/):
 # each for FUZZ_SECONDS, or for FUZZ_RUNS inputs when that is set (CI's smoke run). Fails on any finding.
+# Besides what make check installs, it needs clang and its runtimes (libclang-rt-14-dev: libFuzzer).
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?=
-fuzz: deps
+fuzz:
+	@./.ci/install-deps clang libclang-rt-14-dev
 	tests/fuzz/run.sh $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS),--seconds $(FUZZ_SECONDS))
 
 clean:
