@@ -88,7 +88,7 @@ all: msdiff $(BUILD)/libmsdiff.a
 
 # Objects depend on a stamp of the flags, so changing SANITIZE or NO_OMP rebuilds everything.
 FLAGS_STAMP := $(BUILD)/flags.stamp
-FLAGS_NOW := $(CC) $(CFLAGS) $(LDFLAGS) $(LDLIBS) CUDA=$(CUDA_ON)
+FLAGS_NOW := $(CC) $(CFLAGS) $(LDFLAGS) $(LDLIBS) CUDA=$(CUDA_ON) $(NVCCFLAGS) $(CUEMU_CXXFLAGS)
 $(shell mkdir -p $(BUILD); test "$$(cat $(FLAGS_STAMP) 2>/dev/null)" = "$(FLAGS_NOW)" || echo "$(FLAGS_NOW)" > $(FLAGS_STAMP))
 
 $(BUILD)/%.o: %.c $(FLAGS_STAMP)
