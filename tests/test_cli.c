@@ -4,6 +4,7 @@
 // info --model, export --fp16 against the F16 rounding, denoise against msd_denoise_forward called in this process (bit for bit), and every
 // bad command line a user is likely to type. Also the strict number parsing of common/cli/cli.h.
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -434,6 +435,42 @@ START_TEST(cli_numbers) {
 }
 END_TEST
 
+// cli_parse on the words a user may type for a number or a list: NaN, the infinities and overflow are
+// refused (but +inf where the option allows it), and so is an empty list entry; a refused value leaves
+// the destination as it was.
+START_TEST(cli_parse_nonfinite_and_empty) {
+    const char *bad_doubles[] = {"nan", "NaN", "-nan", "inf", "-inf", "infinity", "1e999", "-1e999"};
+    for (size_t i = 0; i < sizeof bad_doubles / sizeof bad_doubles[0]; i++) {
+        double x = 7, bound = 7;
+        struct cli_opt o[] = {{.flag = "--x", .type = CLI_DOUBLE, .dst = &x},
+                              {.flag = "--bound", .type = CLI_DOUBLE, .dst = &bound, .inf_ok = true}};
+        char *args[] = {"--x", (char *)bad_doubles[i]};
+        ck_assert_msg(cli_parse("test", 2, args, o, 2) == CLI_USAGE && x == 7, "--x %s accepted: %g", args[1], x);
+        args[0] = "--bound";
+        const bool want = !strcmp(bad_doubles[i], "inf") || !strcmp(bad_doubles[i], "infinity") ||
+                          !strcmp(bad_doubles[i], "1e999");
+        const int rc = cli_parse("test", 2, args, o, 2);
+        ck_assert_msg(want ? rc == 0 && bound == INFINITY : rc == CLI_USAGE && bound == 7,
+                      "--bound %s (inf allowed): status %d, value %g", args[1], rc, bound);
+    }
+    double x = 0;
+    struct cli_opt ok[] = {{.flag = "--x", .type = CLI_DOUBLE, .dst = &x}};
+    char *tiny[] = {"--x=1e-300"};
+    ck_assert_msg(cli_parse("test", 1, tiny, ok, 1) == 0 && x == 1e-300, "1e-300 is finite and was refused");
+
+    const char *bad_lists[] = {"1,", ",1", "1,,2", ",", "", "1,nan", "inf,2", "1,1e999"};
+    for (size_t i = 0; i < sizeof bad_lists / sizeof bad_lists[0]; i++) {
+        struct cli_ints li = {0};
+        struct cli_doubles ld = {0};
+        struct cli_opt o[] = {{.flag = "--i", .type = CLI_INTS, .dst = &li, .lo = 0, .hi = 9, .max = 4},
+                              {.flag = "--d", .type = CLI_DOUBLES, .dst = &ld, .max = 4, .inf_ok = true}};
+        char *di[] = {"--d", (char *)bad_lists[i]}, *ii[] = {"--i", (char *)bad_lists[i]};
+        ck_assert_msg(cli_parse("test", 2, di, o, 2) == CLI_USAGE && ld.n == 0, "--d '%s' accepted", bad_lists[i]);
+        ck_assert_msg(cli_parse("test", 2, ii, o, 2) == CLI_USAGE && li.n == 0, "--i '%s' accepted", bad_lists[i]);
+    }
+}
+END_TEST
+
 // export --fp16: a checkpoint of half the size that loads as the same network with every weight
 // rounded to F16 (msd_f32_to_f16, checked bit for bit against the format in test_safetensors), the
 // run-folder form, and a weight F16 cannot hold, which fails without a file.
@@ -493,7 +530,7 @@ int main(void) {
     const TTest *tests[] = {
         info_paper_counts, info_json, info_bad_lines, init_info_roundtrip, init_deterministic,
         init_overrides, denoise_matches_library, denoise_bad_input, dispatch_and_help, cli_numbers,
-        export_fp16,
+        cli_parse_nonfinite_and_empty, export_fp16,
     };
     return run_tests("cli", 600, tests, TEST_COUNT(tests));
 }
