@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/io/checkpoint.h"
@@ -353,6 +354,98 @@ START_TEST(denoise_bad_input) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
+// sample: every flag and output checked before the model is loaded and sampled
+
+// Each sampler flag out of its range names the flag and the range, with status 2 and no image.
+START_TEST(sample_flags_checked) {
+    const char *ck = test_path("smp.safetensors"), *grid = test_path("smp.png");
+    MSDIFF_OK("init", "--preset", "mini", "--out", ck);
+    const char *bad[][4] = { // flag, value, what the message must hold
+        {"--sigma-min", "1e-300", "--sigma-min", "[1e-30, 1e30]"},
+        {"--sigma-min", "0", "--sigma-min", "[1e-30, 1e30]"},
+        {"--sigma-max", "1e31", "--sigma-max", "[1e-30, 1e30]"},
+        {"--sigma-max", "0.001", "--sigma-max", "above --sigma-min"},
+        {"--sigma-max", "1e999", "--sigma-max", "finite"},
+        {"--rho", "1e-300", "--rho", "strictly decreasing"}, // 80^(1/rho) overflows
+        {"--rho", "1e300", "--rho", "strictly decreasing"},  // every sigma^(1/rho) is 1
+        {"--rho", "0", "--rho", "> 0"},
+        {"--s-max", "nan", "--s-max", "or inf"},
+        {"--s-max", "-inf", "--s-max", "or inf"},
+        {"--s-min", "inf", "--s-min", "finite"},
+        {"--s-min", "-1", "--s-min", "[0, 1e30]"},
+        {"--s-noise", "1e300", "--s-noise", "(0, 10]"},
+        {"--churn", "nan", "--churn", "finite"},
+        {"--churn", "-1", "--churn", ">= 0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct test_run r = MSDIFF("sample", "--model", ck, "--grid", grid, "--seeds", "0", bad[i][0], bad[i][1]);
+        TEST_EXPECT_FAIL(&r, 2, bad[i][2], bad[i][3]);
+        test_run_free(&r);
+    }
+    // a flag of another schedule or sampler would be ignored: refused instead
+    FAILS(2, "--rho applies to --schedule edm", "sample", "--model", ck, "--grid", grid, "--schedule", "vp-time",
+          "--rho", "3");
+    FAILS(2, "--churn applies to --sampler heun", "sample", "--model", ck, "--grid", grid, "--sampler", "euler",
+          "--churn", "1");
+    const char *seeds[] = {"1,", ",1", "1,,2", ",", "0-3,"};
+    for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+        struct test_run r = MSDIFF("sample", "--model", ck, "--grid", grid, "--seeds", seeds[i]);
+        TEST_EXPECT_FAIL(&r, 2, "--seeds", "empty");
+        test_run_free(&r);
+    }
+    ck_assert_msg(!test_exists(grid), "a refused command line wrote %s", grid);
+    // the ends of the ranges work: --s-max inf written out, S_noise 10, the smallest sigma_min with rho 7
+    MSDIFF_OK("sample", "--model", ck, "--grid", grid, "--seeds", "0,2", "--steps", "2", "--churn", "1", "--s-max",
+              "inf", "--s-noise", "10", "--sigma-min", "1e-30", "--backend", "ref");
+    ck_assert_msg(test_exists(grid), "sample did not write %s", grid);
+}
+END_TEST
+
+// Where the images go, and whether PNG can hold them, is known before sampling: a bad --grid or
+// --outdir, a model of 2 channels, a grid too large for PNG fail at once (one line on stderr, no
+// progress line, nothing written).
+START_TEST(sample_outputs_checked_first) {
+    const char *ck = test_path("out.safetensors"), *two = test_path("two.safetensors");
+    MSDIFF_OK("init", "--preset", "mini", "--out", ck);
+    MSDIFF_OK("init", "--preset", "tiny", "--out", two); // 2 image channels
+    const char *missing = test_path("no-such-dir/g.png"), *dir = test_subdir("out-dir");
+    const char *fails[][6] = { // output flag, path, another flag and value, what the message must hold (2)
+        {"--grid", missing, "--seeds", "0-3", missing, "does not exist"},
+        {"--grid", dir, "--seeds", "0-3", dir, "is a folder"},
+        {"--outdir", test_path("no-such-dir/sub"), "--seeds", "0-3", "no-such-dir", "does not exist"},
+        {"--outdir", ck, "--seeds", "0-3", ck, "not a folder"},
+        {"--grid", test_path("big.png"), "--cols", "1000", "30002x", "16384"}, // 1000 x (28 + 2) + 2 wide
+    };
+    for (size_t i = 0; i < sizeof fails / sizeof fails[0]; i++) {
+        struct test_run r = MSDIFF("sample", "--model", ck, fails[i][0], fails[i][1], fails[i][2], fails[i][3],
+                                   "--steps", "1", "--backend", "ref");
+        TEST_EXPECT_FAIL(&r, 1, fails[i][0], fails[i][4], fails[i][5]);
+        ck_assert_msg(!strstr(r.err, "sampling"), "'%s' sampled before it failed: %s", r.line, r.err);
+        test_run_free(&r);
+    }
+    ck_assert(!test_exists(test_path("no-such-dir")) && !test_exists(test_path("big.png")));
+    struct test_run r = MSDIFF("sample", "--model", two, "--outdir", test_path("two"), "--seeds", "0", "--steps",
+                               "1", "--backend", "ref");
+    TEST_EXPECT_FAIL(&r, 1, "2 channels", "PNG");
+    ck_assert_msg(!strstr(r.err, "sampling") && !test_exists(test_path("two")), "'%s' sampled or created its "
+                  "folder before it failed: %s", r.line, r.err);
+    test_run_free(&r);
+    if (geteuid() != 0) { // root writes through permission bits, so this holds only for other users
+        const char *ro = test_subdir("read-only");
+        ck_assert(chmod(ro, 0555) == 0);
+        r = MSDIFF("sample", "--model", ck, "--grid", test_pathf("%s/g.png", ro), "--seeds", "0");
+        TEST_EXPECT_FAIL(&r, 1, "--grid", "not writable");
+        test_run_free(&r);
+        chmod(ro, 0755);
+    }
+    // a missing --outdir whose parent exists is created, and gets the images
+    const char *made = test_path("made");
+    MSDIFF_OK("sample", "--model", ck, "--outdir", made, "--seeds", "4", "--steps", "1", "--backend", "ref");
+    ck_assert_msg(test_exists(test_path("made/seed000004.png")), "--outdir %s was not created and filled", made);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
 // Dispatch and help
 
 START_TEST(dispatch_and_help) {
@@ -530,7 +623,7 @@ int main(void) {
     const TTest *tests[] = {
         info_paper_counts, info_json, info_bad_lines, init_info_roundtrip, init_deterministic,
         init_overrides, denoise_matches_library, denoise_bad_input, dispatch_and_help, cli_numbers,
-        cli_parse_nonfinite_and_empty, export_fp16,
+        cli_parse_nonfinite_and_empty, export_fp16, sample_flags_checked, sample_outputs_checked_first,
     };
     return run_tests("cli", 600, tests, TEST_COUNT(tests));
 }
