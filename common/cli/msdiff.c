@@ -133,10 +133,20 @@ static int writable_folder(const char *flag, const char *what, const char *folde
     return 0;
 }
 
-int cmd_check_out_file(const char *flag, const char *path) {
+int cmd_check_out_file(const char *flag, const char *path, bool devices_ok) {
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
         return msd_set_error("%s '%s' is a folder; expected a file name", flag, path);
+    // lstat: what a rename would replace is the entry itself, and /dev/stdout is a symbolic link that
+    // may lead to a regular file
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (!devices_ok)
+            return msd_set_error("%s '%s' is a device, pipe or symbolic link; expected a regular file or a new "
+                                 "name (the file is written beside it and renamed into place, which would replace "
+                                 "the entry itself)", flag, path);
+        if (access(path, W_OK) != 0) return msd_set_error("%s '%s' is not writable (%s)", flag, path, strerror(errno));
+        return 0;
+    }
     char *copy = xstrdup(path);
     int rc = writable_folder(flag, path, dirname(copy));
     free(copy);
