@@ -353,6 +353,52 @@ START_TEST(denoise_bad_input) {
 }
 END_TEST
 
+// info and denoise take a run folder for --model, as sample, eval and export do: its ema.safetensors,
+// which the output then names. The folder here holds a copy of a checkpoint, which is what msdiff
+// train leaves there.
+START_TEST(run_folder_as_model) {
+    const char *ck = test_path("rf.safetensors"), *dir = test_subdir("rf-run");
+    const char *ema = test_path("rf-run/ema.safetensors"), *in = test_path("rf-x.safetensors");
+    const char *o1 = test_path("rf-1.safetensors"), *o2 = test_path("rf-2.safetensors");
+    MSDIFF_OK("init", "--preset", "tiny-ms", "--seed", "5", "--out", ck);
+    size_t n;
+    char *bytes = test_read_file(ck, &n);
+    test_write_file(ema, bytes, n);
+    free(bytes);
+    struct test_run a = MSDIFF("info", "--model", ck), b = MSDIFF("info", "--model", dir);
+    test_expect_ok(&a);
+    test_expect_ok(&b);
+    const char *ta = strchr(a.out, '\n'), *tb = strchr(b.out, '\n');
+    ck_assert_msg(ta && tb && !strcmp(ta, tb), "info of the folder differs from info of the file:\n%s\n---\n%s",
+                  a.out, b.out);
+    ck_assert_msg(strstr(line_of(b.out, "checkpoint"), ema), "info of a folder does not name %s: %s", ema, b.out);
+    test_run_free(&a);
+    test_run_free(&b);
+    b = MSDIFF("info", "--model", dir, "--json");
+    test_expect_ok(&b);
+    cJSON *j = cJSON_Parse(b.out);
+    const char *named = cJSON_GetStringValue(cJSON_GetObjectItem(j, "checkpoint"));
+    ck_assert_msg(named && !strcmp(named, ema), "info --json of a folder: %s", b.out);
+    cJSON_Delete(j);
+    test_run_free(&b);
+
+    write_input(in, "x", NB, 2, 8, 13);
+    MSDIFF_OK("denoise", "--model", ck, "--input", in, "--sigma", "0.5", "--out", o1, "--backend", "ref");
+    MSDIFF_OK("denoise", "--model", dir, "--input", in, "--sigma", "0.5", "--out", o2, "--backend", "ref");
+    float from_file[NB * IMG], from_dir[NB * IMG];
+    read_output(o1, from_file, "0.5", ck);
+    read_output(o2, from_dir, "0.5", ema);
+    ck_assert_msg(!memcmp(from_file, from_dir, sizeof from_dir), "denoise of the folder differs from the file's");
+
+    // a folder without ema.safetensors: the message names the file looked for
+    const char *empty = test_subdir("rf-empty");
+    FAILS(1, "rf-empty/ema.safetensors", "info", "--model", empty);
+    FAILS(1, "rf-empty/ema.safetensors", "denoise", "--model", empty, "--input", in, "--sigma", "1", "--out",
+          test_path("rf-3.safetensors"));
+    ck_assert(!test_exists(test_path("rf-3.safetensors")));
+}
+END_TEST
+
 // ---------------------------------------------------------------------------------------------------
 // sample: every flag and output checked before the model is loaded and sampled
 
@@ -415,7 +461,9 @@ START_TEST(sample_outputs_checked_first) {
         {"--outdir", test_path("no-such-dir/sub"), "--seeds", "0-3", "no-such-dir", "does not exist"},
         {"--outdir", ck, "--seeds", "0-3", ck, "not a folder"},
         {"--grid", test_path("big.png"), "--cols", "1000", "30002x", "16384"}, // 1000 x (28 + 2) + 2 wide
+        {"--grid", test_path("link.png"), "--seeds", "0-3", "link.png", "symbolic link"}, // renamed over: refused
     };
+    ck_assert(symlink(test_path("real.png"), test_path("link.png")) == 0);
     for (size_t i = 0; i < sizeof fails / sizeof fails[0]; i++) {
         struct test_run r = MSDIFF("sample", "--model", ck, fails[i][0], fails[i][1], fails[i][2], fails[i][3],
                                    "--steps", "1", "--backend", "ref");
@@ -423,7 +471,9 @@ START_TEST(sample_outputs_checked_first) {
         ck_assert_msg(!strstr(r.err, "sampling"), "'%s' sampled before it failed: %s", r.line, r.err);
         test_run_free(&r);
     }
+    struct stat st;
     ck_assert(!test_exists(test_path("no-such-dir")) && !test_exists(test_path("big.png")));
+    ck_assert(lstat(test_path("link.png"), &st) == 0 && S_ISLNK(st.st_mode) && !test_exists(test_path("real.png")));
     struct test_run r = MSDIFF("sample", "--model", two, "--outdir", test_path("two"), "--seeds", "0", "--steps",
                                "1", "--backend", "ref");
     TEST_EXPECT_FAIL(&r, 1, "2 channels", "PNG");
@@ -624,6 +674,7 @@ int main(void) {
         info_paper_counts, info_json, info_bad_lines, init_info_roundtrip, init_deterministic,
         init_overrides, denoise_matches_library, denoise_bad_input, dispatch_and_help, cli_numbers,
         cli_parse_nonfinite_and_empty, export_fp16, sample_flags_checked, sample_outputs_checked_first,
+        run_folder_as_model,
     };
     return run_tests("cli", 600, tests, TEST_COUNT(tests));
 }
