@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/io/checkpoint.h"
+#include "common/io/png.h"
 #include "common/cli/cli.h"
 #include "common/model/config.h"
 #include "common/core/error.h"
@@ -399,6 +400,43 @@ START_TEST(run_folder_as_model) {
 }
 END_TEST
 
+// eval's default classifier is found beside the program, so that eval runs from any folder; a copy of
+// the program in a folder without models/ (run from there too) says where it looked.
+START_TEST(eval_default_classifier_beside_program) {
+    char root[4096];
+    ck_assert(getcwd(root, sizeof root) != NULL); // tests run from the repository root, where msdiff is
+    const char *pngs = test_subdir("eval-pngs");
+    float img[28 * 28];
+    for (int i = 0; i < 4; i++) {
+        fill_uniform(img, 28 * 28, 70 + (uint64_t)i, -1, 1);
+        ck_assert_msg(msd_png_write(test_pathf("%s/img%d.png", pngs, i), img, 1, 28, 28) == 0, "%s",
+                      msd_last_error());
+    }
+    const char *cmd = test_pathf("cd '%s' && exec '%s/msdiff' eval --images '%s' --ref '%s' --n 4 --json --backend "
+                                 "ref", test_tmpdir(), root, pngs, pngs);
+    struct test_run r = test_run_argv((const char *const[]){"/bin/sh", "-c", cmd, NULL});
+    test_expect_ok(&r);
+    cJSON *j = cJSON_Parse(r.out);
+    const char *cls = cJSON_GetStringValue(cJSON_GetObjectItem(j, "classifier"));
+    const char *want = test_pathf("%s/models/classifier-fmnist.safetensors", root);
+    ck_assert_msg(cls && !strcmp(cls, want), "eval from %s used classifier '%s', want %s: %s", test_tmpdir(),
+                  cls ? cls : "(none)", want, r.out);
+    cJSON_Delete(j);
+    test_run_free(&r);
+
+    size_t n;
+    char *exe = test_read_file("msdiff", &n);
+    const char *copy = test_path("msdiff-copy");
+    test_write_file(copy, exe, n);
+    free(exe);
+    ck_assert(chmod(copy, 0755) == 0);
+    cmd = test_pathf("cd '%s' && exec '%s' eval --images '%s' --ref '%s' --n 4", test_tmpdir(), copy, pngs, pngs);
+    r = test_run_argv((const char *const[]){"/bin/sh", "-c", cmd, NULL});
+    TEST_EXPECT_FAIL(&r, 1, "models/classifier-fmnist.safetensors", test_tmpdir(), "--classifier");
+    test_run_free(&r);
+}
+END_TEST
+
 // ---------------------------------------------------------------------------------------------------
 // sample: every flag and output checked before the model is loaded and sampled
 
@@ -674,7 +712,7 @@ int main(void) {
         info_paper_counts, info_json, info_bad_lines, init_info_roundtrip, init_deterministic,
         init_overrides, denoise_matches_library, denoise_bad_input, dispatch_and_help, cli_numbers,
         cli_parse_nonfinite_and_empty, export_fp16, sample_flags_checked, sample_outputs_checked_first,
-        run_folder_as_model,
+        run_folder_as_model, eval_default_classifier_beside_program,
     };
     return run_tests("cli", 600, tests, TEST_COUNT(tests));
 }
