@@ -219,7 +219,8 @@ int cmd_sample(int argc, char **argv) {
     const struct msd_backend *be = cmd_backend("sample", backend);
     if (!be) return free(seeds), free(sigmas), CLI_USAGE;
     // where the images go, before the model is loaded and long before they exist
-    if ((grid && cmd_check_out_file("--grid", grid, false) < 0) || (outdir && cmd_check_out_dir("--outdir", outdir) < 0))
+    if ((grid && cmd_check_out_file("--grid", grid, false) < 0) ||
+        (outdir && cmd_check_out_dir("--outdir", outdir) < 0))
         return free(seeds), free(sigmas), cmd_fail();
     // the model: a checkpoint, or a run folder's EMA
     char path[4096];
