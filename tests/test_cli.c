@@ -4,12 +4,15 @@
 // info --model, export --fp16 against the F16 rounding, denoise against msd_denoise_forward called in this process (bit for bit), and every
 // bad command line a user is likely to type. Also the strict number parsing of common/cli/cli.h.
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/io/checkpoint.h"
+#include "common/io/png.h"
 #include "common/cli/cli.h"
 #include "common/model/config.h"
 #include "common/core/error.h"
@@ -351,6 +354,185 @@ START_TEST(denoise_bad_input) {
 }
 END_TEST
 
+// info and denoise take a run folder for --model, as sample, eval and export do: its ema.safetensors,
+// which the output then names. The folder here holds a copy of a checkpoint, which is what msdiff
+// train leaves there.
+START_TEST(run_folder_as_model) {
+    const char *ck = test_path("rf.safetensors"), *dir = test_subdir("rf-run");
+    const char *ema = test_path("rf-run/ema.safetensors"), *in = test_path("rf-x.safetensors");
+    const char *o1 = test_path("rf-1.safetensors"), *o2 = test_path("rf-2.safetensors");
+    MSDIFF_OK("init", "--preset", "tiny-ms", "--seed", "5", "--out", ck);
+    size_t n;
+    char *bytes = test_read_file(ck, &n);
+    test_write_file(ema, bytes, n);
+    free(bytes);
+    struct test_run a = MSDIFF("info", "--model", ck), b = MSDIFF("info", "--model", dir);
+    test_expect_ok(&a);
+    test_expect_ok(&b);
+    const char *ta = strchr(a.out, '\n'), *tb = strchr(b.out, '\n');
+    ck_assert_msg(ta && tb && !strcmp(ta, tb), "info of the folder differs from info of the file:\n%s\n---\n%s",
+                  a.out, b.out);
+    ck_assert_msg(strstr(line_of(b.out, "checkpoint"), ema), "info of a folder does not name %s: %s", ema, b.out);
+    test_run_free(&a);
+    test_run_free(&b);
+    b = MSDIFF("info", "--model", dir, "--json");
+    test_expect_ok(&b);
+    cJSON *j = cJSON_Parse(b.out);
+    const char *named = cJSON_GetStringValue(cJSON_GetObjectItem(j, "checkpoint"));
+    ck_assert_msg(named && !strcmp(named, ema), "info --json of a folder: %s", b.out);
+    cJSON_Delete(j);
+    test_run_free(&b);
+
+    write_input(in, "x", NB, 2, 8, 13);
+    MSDIFF_OK("denoise", "--model", ck, "--input", in, "--sigma", "0.5", "--out", o1, "--backend", "ref");
+    MSDIFF_OK("denoise", "--model", dir, "--input", in, "--sigma", "0.5", "--out", o2, "--backend", "ref");
+    float from_file[NB * IMG], from_dir[NB * IMG];
+    read_output(o1, from_file, "0.5", ck);
+    read_output(o2, from_dir, "0.5", ema);
+    ck_assert_msg(!memcmp(from_file, from_dir, sizeof from_dir), "denoise of the folder differs from the file's");
+
+    // a folder without ema.safetensors: the message names the file looked for
+    const char *empty = test_subdir("rf-empty");
+    FAILS(1, "rf-empty/ema.safetensors", "info", "--model", empty);
+    FAILS(1, "rf-empty/ema.safetensors", "denoise", "--model", empty, "--input", in, "--sigma", "1", "--out",
+          test_path("rf-3.safetensors"));
+    ck_assert(!test_exists(test_path("rf-3.safetensors")));
+}
+END_TEST
+
+// eval's default classifier is found beside the program, so that eval runs from any folder; a copy of
+// the program in a folder without models/ (run from there too) says where it looked.
+START_TEST(eval_default_classifier_beside_program) {
+    char root[4096];
+    ck_assert(getcwd(root, sizeof root) != NULL); // tests run from the repository root, where msdiff is
+    const char *pngs = test_subdir("eval-pngs");
+    float img[28 * 28];
+    for (int i = 0; i < 4; i++) {
+        fill_uniform(img, 28 * 28, 70 + (uint64_t)i, -1, 1);
+        ck_assert_msg(msd_png_write(test_pathf("%s/img%d.png", pngs, i), img, 1, 28, 28) == 0, "%s",
+                      msd_last_error());
+    }
+    const char *cmd = test_pathf("cd '%s' && exec '%s/msdiff' eval --images '%s' --ref '%s' --n 4 --json --backend "
+                                 "ref", test_tmpdir(), root, pngs, pngs);
+    struct test_run r = test_run_argv((const char *const[]){"/bin/sh", "-c", cmd, NULL});
+    test_expect_ok(&r);
+    cJSON *j = cJSON_Parse(r.out);
+    const char *cls = cJSON_GetStringValue(cJSON_GetObjectItem(j, "classifier"));
+    const char *want = test_pathf("%s/models/classifier-fmnist.safetensors", root);
+    ck_assert_msg(cls && !strcmp(cls, want), "eval from %s used classifier '%s', want %s: %s", test_tmpdir(),
+                  cls ? cls : "(none)", want, r.out);
+    cJSON_Delete(j);
+    test_run_free(&r);
+
+    size_t n;
+    char *exe = test_read_file("msdiff", &n);
+    const char *copy = test_path("msdiff-copy");
+    test_write_file(copy, exe, n);
+    free(exe);
+    ck_assert(chmod(copy, 0755) == 0);
+    cmd = test_pathf("cd '%s' && exec '%s' eval --images '%s' --ref '%s' --n 4", test_tmpdir(), copy, pngs, pngs);
+    r = test_run_argv((const char *const[]){"/bin/sh", "-c", cmd, NULL});
+    TEST_EXPECT_FAIL(&r, 1, "models/classifier-fmnist.safetensors", test_tmpdir(), "--classifier");
+    test_run_free(&r);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// sample: every flag and output checked before the model is loaded and sampled
+
+// Each sampler flag out of its range names the flag and the range, with status 2 and no image.
+START_TEST(sample_flags_checked) {
+    const char *ck = test_path("smp.safetensors"), *grid = test_path("smp.png");
+    MSDIFF_OK("init", "--preset", "mini", "--out", ck);
+    const char *bad[][4] = { // flag, value, what the message must hold
+        {"--sigma-min", "1e-300", "--sigma-min", "[1e-30, 1e30]"},
+        {"--sigma-min", "0", "--sigma-min", "[1e-30, 1e30]"},
+        {"--sigma-max", "1e31", "--sigma-max", "[1e-30, 1e30]"},
+        {"--sigma-max", "0.001", "--sigma-max", "above --sigma-min"},
+        {"--sigma-max", "1e999", "--sigma-max", "finite"},
+        {"--rho", "1e-300", "--rho", "strictly decreasing"}, // 80^(1/rho) overflows
+        {"--rho", "1e300", "--rho", "strictly decreasing"},  // every sigma^(1/rho) is 1
+        {"--rho", "0", "--rho", "> 0"},
+        {"--s-max", "nan", "--s-max", "or inf"},
+        {"--s-max", "-inf", "--s-max", "or inf"},
+        {"--s-min", "inf", "--s-min", "finite"},
+        {"--s-min", "-1", "--s-min", "[0, 1e30]"},
+        {"--s-noise", "1e300", "--s-noise", "(0, 10]"},
+        {"--churn", "nan", "--churn", "finite"},
+        {"--churn", "-1", "--churn", ">= 0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct test_run r = MSDIFF("sample", "--model", ck, "--grid", grid, "--seeds", "0", bad[i][0], bad[i][1]);
+        TEST_EXPECT_FAIL(&r, 2, bad[i][2], bad[i][3]);
+        test_run_free(&r);
+    }
+    // a flag of another schedule or sampler would be ignored: refused instead
+    FAILS(2, "--rho applies to --schedule edm", "sample", "--model", ck, "--grid", grid, "--schedule", "vp-time",
+          "--rho", "3");
+    FAILS(2, "--churn applies to --sampler heun", "sample", "--model", ck, "--grid", grid, "--sampler", "euler",
+          "--churn", "1");
+    const char *seeds[] = {"1,", ",1", "1,,2", ",", "0-3,"};
+    for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+        struct test_run r = MSDIFF("sample", "--model", ck, "--grid", grid, "--seeds", seeds[i]);
+        TEST_EXPECT_FAIL(&r, 2, "--seeds", "empty");
+        test_run_free(&r);
+    }
+    ck_assert_msg(!test_exists(grid), "a refused command line wrote %s", grid);
+    // the ends of the ranges work: --s-max inf written out, S_noise 10, the smallest sigma_min with rho 7
+    MSDIFF_OK("sample", "--model", ck, "--grid", grid, "--seeds", "0,2", "--steps", "2", "--churn", "1", "--s-max",
+              "inf", "--s-noise", "10", "--sigma-min", "1e-30", "--backend", "ref");
+    ck_assert_msg(test_exists(grid), "sample did not write %s", grid);
+}
+END_TEST
+
+// Where the images go, and whether PNG can hold them, is known before sampling: a bad --grid or
+// --outdir, a model of 2 channels, a grid too large for PNG fail at once (one line on stderr, no
+// progress line, nothing written).
+START_TEST(sample_outputs_checked_first) {
+    const char *ck = test_path("out.safetensors"), *two = test_path("two.safetensors");
+    MSDIFF_OK("init", "--preset", "mini", "--out", ck);
+    MSDIFF_OK("init", "--preset", "tiny", "--out", two); // 2 image channels
+    const char *missing = test_path("no-such-dir/g.png"), *dir = test_subdir("out-dir");
+    const char *fails[][6] = { // output flag, path, another flag and value, what the message must hold (2)
+        {"--grid", missing, "--seeds", "0-3", missing, "does not exist"},
+        {"--grid", dir, "--seeds", "0-3", dir, "is a folder"},
+        {"--outdir", test_path("no-such-dir/sub"), "--seeds", "0-3", "no-such-dir", "does not exist"},
+        {"--outdir", ck, "--seeds", "0-3", ck, "not a folder"},
+        {"--grid", test_path("big.png"), "--cols", "1000", "30002x", "16384"}, // 1000 x (28 + 2) + 2 wide
+        {"--grid", test_path("link.png"), "--seeds", "0-3", "link.png", "symbolic link"}, // renamed over: refused
+    };
+    ck_assert(symlink(test_path("real.png"), test_path("link.png")) == 0);
+    for (size_t i = 0; i < sizeof fails / sizeof fails[0]; i++) {
+        struct test_run r = MSDIFF("sample", "--model", ck, fails[i][0], fails[i][1], fails[i][2], fails[i][3],
+                                   "--steps", "1", "--backend", "ref");
+        TEST_EXPECT_FAIL(&r, 1, fails[i][0], fails[i][4], fails[i][5]);
+        ck_assert_msg(!strstr(r.err, "sampling"), "'%s' sampled before it failed: %s", r.line, r.err);
+        test_run_free(&r);
+    }
+    struct stat st;
+    ck_assert(!test_exists(test_path("no-such-dir")) && !test_exists(test_path("big.png")));
+    ck_assert(lstat(test_path("link.png"), &st) == 0 && S_ISLNK(st.st_mode) && !test_exists(test_path("real.png")));
+    struct test_run r = MSDIFF("sample", "--model", two, "--outdir", test_path("two"), "--seeds", "0", "--steps",
+                               "1", "--backend", "ref");
+    TEST_EXPECT_FAIL(&r, 1, "2 channels", "PNG");
+    ck_assert_msg(!strstr(r.err, "sampling") && !test_exists(test_path("two")), "'%s' sampled or created its "
+                  "folder before it failed: %s", r.line, r.err);
+    test_run_free(&r);
+    if (geteuid() != 0) { // root writes through permission bits, so this holds only for other users
+        const char *ro = test_subdir("read-only");
+        ck_assert(chmod(ro, 0555) == 0);
+        r = MSDIFF("sample", "--model", ck, "--grid", test_pathf("%s/g.png", ro), "--seeds", "0");
+        TEST_EXPECT_FAIL(&r, 1, "--grid", "not writable");
+        test_run_free(&r);
+        chmod(ro, 0755);
+    }
+    // a missing --outdir whose parent exists is created, and gets the images
+    const char *made = test_path("made");
+    MSDIFF_OK("sample", "--model", ck, "--outdir", made, "--seeds", "4", "--steps", "1", "--backend", "ref");
+    ck_assert_msg(test_exists(test_path("made/seed000004.png")), "--outdir %s was not created and filled", made);
+}
+END_TEST
+
 // ---------------------------------------------------------------------------------------------------
 // Dispatch and help
 
@@ -434,6 +616,42 @@ START_TEST(cli_numbers) {
 }
 END_TEST
 
+// cli_parse on the words a user may type for a number or a list: NaN, the infinities and overflow are
+// refused (but +inf where the option allows it), and so is an empty list entry; a refused value leaves
+// the destination as it was.
+START_TEST(cli_parse_nonfinite_and_empty) {
+    const char *bad_doubles[] = {"nan", "NaN", "-nan", "inf", "-inf", "infinity", "1e999", "-1e999"};
+    for (size_t i = 0; i < sizeof bad_doubles / sizeof bad_doubles[0]; i++) {
+        double x = 7, bound = 7;
+        struct cli_opt o[] = {{.flag = "--x", .type = CLI_DOUBLE, .dst = &x},
+                              {.flag = "--bound", .type = CLI_DOUBLE, .dst = &bound, .inf_ok = true}};
+        char *args[] = {"--x", (char *)bad_doubles[i]};
+        ck_assert_msg(cli_parse("test", 2, args, o, 2) == CLI_USAGE && x == 7, "--x %s accepted: %g", args[1], x);
+        args[0] = "--bound";
+        const bool want = !strcmp(bad_doubles[i], "inf") || !strcmp(bad_doubles[i], "infinity") ||
+                          !strcmp(bad_doubles[i], "1e999");
+        const int rc = cli_parse("test", 2, args, o, 2);
+        ck_assert_msg(want ? rc == 0 && bound == INFINITY : rc == CLI_USAGE && bound == 7,
+                      "--bound %s (inf allowed): status %d, value %g", args[1], rc, bound);
+    }
+    double x = 0;
+    struct cli_opt ok[] = {{.flag = "--x", .type = CLI_DOUBLE, .dst = &x}};
+    char *tiny[] = {"--x=1e-300"};
+    ck_assert_msg(cli_parse("test", 1, tiny, ok, 1) == 0 && x == 1e-300, "1e-300 is finite and was refused");
+
+    const char *bad_lists[] = {"1,", ",1", "1,,2", ",", "", "1,nan", "inf,2", "1,1e999"};
+    for (size_t i = 0; i < sizeof bad_lists / sizeof bad_lists[0]; i++) {
+        struct cli_ints li = {0};
+        struct cli_doubles ld = {0};
+        struct cli_opt o[] = {{.flag = "--i", .type = CLI_INTS, .dst = &li, .lo = 0, .hi = 9, .max = 4},
+                              {.flag = "--d", .type = CLI_DOUBLES, .dst = &ld, .max = 4, .inf_ok = true}};
+        char *di[] = {"--d", (char *)bad_lists[i]}, *ii[] = {"--i", (char *)bad_lists[i]};
+        ck_assert_msg(cli_parse("test", 2, di, o, 2) == CLI_USAGE && ld.n == 0, "--d '%s' accepted", bad_lists[i]);
+        ck_assert_msg(cli_parse("test", 2, ii, o, 2) == CLI_USAGE && li.n == 0, "--i '%s' accepted", bad_lists[i]);
+    }
+}
+END_TEST
+
 // export --fp16: a checkpoint of half the size that loads as the same network with every weight
 // rounded to F16 (msd_f32_to_f16, checked bit for bit against the format in test_safetensors), the
 // run-folder form, and a weight F16 cannot hold, which fails without a file.
@@ -493,7 +711,8 @@ int main(void) {
     const TTest *tests[] = {
         info_paper_counts, info_json, info_bad_lines, init_info_roundtrip, init_deterministic,
         init_overrides, denoise_matches_library, denoise_bad_input, dispatch_and_help, cli_numbers,
-        export_fp16,
+        cli_parse_nonfinite_and_empty, export_fp16, sample_flags_checked, sample_outputs_checked_first,
+        run_folder_as_model, eval_default_classifier_beside_program,
     };
     return run_tests("cli", 600, tests, TEST_COUNT(tests));
 }

@@ -10,6 +10,7 @@
 //   0 or 1 by a closed-form logistic weight).
 // - The program: its output files and every bad flag a user is likely to type.
 // Fixed seeds throughout; the program runs as ./msdiff from the repository root.
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -604,6 +605,59 @@ START_TEST(cli_similarity_outputs) {
 }
 END_TEST
 
+// ./msdiff cluster with the arguments under a file size limit of `blocks` (sh's ulimit -f) with SIGXFSZ
+// ignored, so that a write beyond the limit fails with EFBIG as a write to a full disk fails with
+// ENOSPC, for any user, root included.
+static struct test_run cluster_limited(int blocks, const char *args) {
+    const char *cmd = test_pathf("ulimit -f %d; trap '' XFSZ; exec ./msdiff cluster %s", blocks, args);
+    return test_run_argv((const char *const[]){"/bin/sh", "-c", cmd, NULL});
+}
+
+// The CSV and SVG files are written whole or not at all: a write that fails leaves the old file as it
+// was and no temporary file, with the reason in the message; a missing folder fails before any work.
+START_TEST(cli_outputs_whole_or_nothing) {
+    const char *csv = test_path("old.csv"), *svg = test_path("old.svg"), *old = "an older file\n";
+    test_write_file(csv, old, strlen(old));
+    test_write_file(svg, old, strlen(old));
+    // 2 blocks (1 or 2 KiB) hold the program's few lines of output but not the 1001 lines of the CSV
+    struct test_run r = cluster_limited(2, test_pathf("--method snr --csv %s", csv));
+    TEST_EXPECT_FAIL(&r, 1, csv, strerror(EFBIG), "left as it was");
+    test_run_free(&r);
+    char *text = test_read_file(csv, NULL);
+    ck_assert_msg(!strcmp(text, old) && !test_exists(test_pathf("%s.tmp", csv)), "a failed --csv changed %s to "
+                  "'%.40s' or left %s.tmp", csv, text, csv);
+    free(text);
+    const char *data = write_pngs();
+    r = cluster_limited(2, test_pathf("--method denoiser --data %s --K 8 --alpha 0.5 --quiet --plot %s", data, svg));
+    TEST_EXPECT_FAIL(&r, 1, svg, strerror(EFBIG));
+    test_run_free(&r);
+    text = test_read_file(svg, NULL);
+    ck_assert_msg(!strcmp(text, old) && !test_exists(test_pathf("%s.tmp", svg)), "a failed --plot changed %s or "
+                  "left %s.tmp", svg, svg);
+    free(text);
+    // a device is written in place, and its error comes with the reason
+    if (test_exists("/dev/full")) {
+        r = CLUSTER("--method", "timestep", "--csv", "/dev/full");
+        TEST_EXPECT_FAIL(&r, 1, "/dev/full", strerror(ENOSPC));
+        test_run_free(&r);
+    }
+    // a folder that does not exist: refused before the posterior means (no progress line)
+    const char *missing = test_path("no-such-dir/s.csv");
+    r = CLUSTER("--method", "denoiser", "--data", data, "--K", "8", "--alpha", "0.5", "--csv", missing);
+    TEST_EXPECT_FAIL(&r, 1, "--csv", missing, "does not exist");
+    ck_assert_msg(!strstr(r.err, "posterior means"), "the folder was checked after the work: %s", r.err);
+    test_run_free(&r);
+    // and a good write replaces the old file whole, with no temporary file left
+    r = CLUSTER("--method", "snr", "--csv", csv);
+    test_expect_ok(&r);
+    test_run_free(&r);
+    text = test_read_file(csv, NULL);
+    ck_assert_msg(!strncmp(text, "j,t,sigma,f,stage\n", 18) && count_lines(text) == 1001 &&
+                  !test_exists(test_pathf("%s.tmp", csv)), "--csv wrote %d lines: %.40s", count_lines(text), text);
+    free(text);
+}
+END_TEST
+
 // A bad command line: exit 2 and one line on stderr naming `needle`.
 static void usage_error(const char *needle, const char *const *args) {
     const char *argv[24] = {"./msdiff", "cluster"};
@@ -659,7 +713,7 @@ int main(void) {
         conversions, table4_library, posterior_two_images, posterior_identical_images,
         posterior_logsumexp_60000, interval_dp_brute_force, partition_dp_brute_force, thresholds,
         algorithm1_identical_images, algorithm1_two_constant_images, similarity_matrix, bad_options,
-        cli_table4, cli_denoiser_outputs, cli_similarity_outputs, cli_bad_flags,
+        cli_table4, cli_denoiser_outputs, cli_similarity_outputs, cli_bad_flags, cli_outputs_whole_or_nothing,
     };
     return run_tests("cluster", 120, tests, TEST_COUNT(tests));
 }

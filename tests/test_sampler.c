@@ -146,6 +146,23 @@ START_TEST(schedules) {
     so = msd_schedule_opts_default();
     so.vp_t_end = 0;
     ck_assert(msd_schedule(sig, 8, MSD_SCHEDULE_VP_LOGSNR, &so) == -1 && strstr(msd_last_error(), "t_end"));
+    // options each in range whose schedule breaks in double precision: sigma_max^(1/rho) overflows
+    // (rho 1e-300), sigma_min^(1/rho) vanishes beside it so the last step rounds to 0 (sigma_min 1e-300,
+    // or 1e-30 with rho 1), or both round to 1 (rho 1e300); refused with the options named
+    const struct { double smin, rho; } broken[] = {{0.002, 1e-300}, {1e-300, 7}, {1e-30, 1}, {0.002, 1e300}};
+    for (size_t i = 0; i < sizeof broken / sizeof broken[0]; i++) {
+        so = msd_schedule_opts_default();
+        so.sigma_min = broken[i].smin, so.rho = broken[i].rho;
+        ck_assert_msg(msd_schedule(sig, 18, MSD_SCHEDULE_EDM, &so) == -1, "sigma_min %g rho %g: accepted (last "
+                      "sigma %g)", so.sigma_min, so.rho, sig[17]);
+        ck_assert_msg(strstr(msd_last_error(), "sigma_min") && strstr(msd_last_error(), "rho") &&
+                      strstr(msd_last_error(), "strictly decreasing"), "sigma_min %g rho %g: %s", so.sigma_min,
+                      so.rho, msd_last_error());
+    }
+    so = msd_schedule_opts_default();
+    so.sigma_min = 1e-30; // with rho 7 the ends are 1e-30^(1/7) = 5e-5 and 80^(1/7) = 1.9 apart: fine
+    ck_assert_msg(msd_schedule(sig, 18, MSD_SCHEDULE_EDM, &so) == 0 && sig[17] > 0 && sig[17] < sig[16],
+                  "sigma_min 1e-30, rho 7: %s", msd_last_error());
 
     // DPM-Solver's order plan: K steps, and the orders add up to the budget
     const int nfe[] = {1, 2, 3, 4, 5, 20, 21};

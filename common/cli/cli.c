@@ -53,8 +53,8 @@ int cli_to_double(const char *s, double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    // overflow reads as +-HUGE_VAL (infinite): keep it, the command's range check names it; an
-    // underflow to a tiny or zero value is kept as well, for the same reason
+    // overflow reads as +-HUGE_VAL (infinite): keep it, the parser refuses it as it does "inf"; an
+    // underflow to a tiny or zero value is kept, the command's range check names it
     if (end == s || *end != '\0') return -1;
     *out = v;
     return 0;
@@ -111,6 +111,20 @@ static int bad_value(const char *cmd, const struct cli_opt *o, const char *v) {
     return cli_error(cmd, "%s: expected %s, got '%s'", o->flag, expected(o), v);
 }
 
+// NaN and the infinities (an overflow such as 1e999 reads as one) are no flag's value: every range
+// check a command makes is false for NaN, and a sigma or a rate of inf turns into NaN downstream. The
+// exception is a bound that may be absent (inf_ok), where +inf is the default written out.
+static bool finite_or_allowed(const struct cli_opt *o, double x) {
+    return isfinite(x) || (o->inf_ok && o->type == CLI_DOUBLE && x == INFINITY);
+}
+
+static int not_finite(const char *cmd, const struct cli_opt *o, const char *word, int entry) {
+    const char *also = o->inf_ok && o->type == CLI_DOUBLE ? " or inf" : "";
+    if (entry) return cli_error(cmd, "%s: entry %d is '%s'; expected %s, each a finite number", o->flag, entry,
+                                word, expected(o));
+    return cli_error(cmd, "%s: expected %s (a finite number%s), got '%s'", o->flag, expected(o), also, word);
+}
+
 // A comma-separated list into ints or doubles. Entries are copied one at a time into a small buffer,
 // so the converters see exactly one number each.
 static int parse_list(const char *cmd, const struct cli_opt *o, const char *v) {
@@ -141,6 +155,7 @@ static int parse_list(const char *cmd, const struct cli_opt *o, const char *v) {
             if (cli_to_double(word, &x))
                 return cli_error(cmd, "%s: entry %d is '%s', not a number; expected %s", o->flag, n + 1,
                                  word, expected(o));
+            if (!finite_or_allowed(o, x)) return not_finite(cmd, o, word, n + 1);
             ld->v[n] = x;
         }
         n++;
@@ -154,6 +169,7 @@ static int parse_list(const char *cmd, const struct cli_opt *o, const char *v) {
 
 static int set_value(const char *cmd, struct cli_opt *o, const char *v) {
     long long x;
+    double d;
     switch (o->type) {
     case CLI_STR:
         if (v[0] == '\0') return bad_value(cmd, o, v);
@@ -168,7 +184,10 @@ static int set_value(const char *cmd, struct cli_opt *o, const char *v) {
     case CLI_U64:
         return cli_to_u64(v, o->dst) ? bad_value(cmd, o, v) : 0;
     case CLI_DOUBLE:
-        return cli_to_double(v, o->dst) ? bad_value(cmd, o, v) : 0;
+        if (cli_to_double(v, &d)) return bad_value(cmd, o, v);
+        if (!finite_or_allowed(o, d)) return not_finite(cmd, o, v, 0);
+        *(double *)o->dst = d;
+        return 0;
     case CLI_INTS:
     case CLI_DOUBLES:
         return parse_list(cmd, o, v);

@@ -30,10 +30,11 @@ enum cli_type {
     CLI_STR,     // dst: const char **  (points into argv)
     CLI_INT,     // dst: int *, within [lo, hi]
     CLI_U64,     // dst: uint64_t *, decimal digits only
-    CLI_DOUBLE,  // dst: double *, anything strtod reads completely (the command checks the range)
+    CLI_DOUBLE,  // dst: double *, a finite number strtod reads completely (the command checks the range);
+                 // +inf too when the option's inf_ok is set; NaN never
     CLI_SWITCH,  // dst: bool *, takes no value
     CLI_INTS,    // dst: struct cli_ints *, each entry within [lo, hi], at most `max` entries
-    CLI_DOUBLES, // dst: struct cli_doubles *, at most `max` entries
+    CLI_DOUBLES, // dst: struct cli_doubles *, at most `max` finite entries
 };
 
 struct cli_opt {
@@ -44,6 +45,7 @@ struct cli_opt {
     bool required;
     long long lo, hi;   // CLI_INT, CLI_INTS: accepted range of each value
     int max;            // CLI_INTS, CLI_DOUBLES: most entries (1..CLI_LIST_MAX)
+    bool inf_ok;        // CLI_DOUBLE: "inf" is a value (a bound that may be absent, such as --s-max)
     bool seen;          // set by cli_parse when the flag was given
 };
 
@@ -54,11 +56,13 @@ int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(print
 // word was a known flag with a good value and every required flag was given; 1 when -h or --help
 // was given (nothing else is checked then); CLI_USAGE after printing a one-line error: an unknown
 // flag (the message lists the known ones), a word that is not a flag, a flag given twice, a missing
-// or bad value, a missing required flag.
+// or bad value (a number that is NaN, infinite or beyond a double, an empty list entry as in "1,",
+// ",1" or "1,,2"), a missing required flag.
 int cli_parse(const char *cmd, int argc, char **args, struct cli_opt *opts, int n);
 
 // Strict conversions: the whole of s must be the number (no spaces, no trailing text). 0, or -1 when
-// s is not such a number or is out of range (no message; the parser writes it).
+// s is not such a number or is out of range (no message; the parser writes it). cli_to_double
+// accepts what strtod reads, "nan" and "inf" included; the parser decides about those.
 int cli_to_ll(const char *s, long long lo, long long hi, long long *out);
 int cli_to_u64(const char *s, uint64_t *out);
 int cli_to_double(const char *s, double *out);

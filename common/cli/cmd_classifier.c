@@ -2,14 +2,12 @@
 // network of msdiff eval (common/eval/classifier.h) on a labelled data set, and measuring its accuracy.
 // The network, its step and its file are in common/eval/classifier.c; this file holds the epoch loop
 // (shuffling, the learning-rate schedule, progress lines) and the flags.
-#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common/eval/classifier.h"
 #include "commands.h"
@@ -107,22 +105,6 @@ static int open_labelled(struct msd_dataset *d, const char *spec, const char *fl
                              c, r, r, want_channels, want_res, want_res);
     }
     return 0;
-}
-
-// The folder of path exists and can be written, so that a long run does not end unable to save.
-static int check_out_dir(const char *path) {
-    char *copy = xstrdup(path);
-    const char *dir = dirname(copy);
-    struct stat st;
-    int rc = 0;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        rc = msd_set_error("--out '%s': the folder '%s' does not exist", path, dir);
-    else if (access(dir, W_OK) != 0)
-        rc = msd_set_error("--out '%s': the folder '%s' is not writable", path, dir);
-    if (rc == 0 && stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-        rc = msd_set_error("--out '%s' is a folder; expected a file name (e.g. classifier.safetensors)", path);
-    free(copy);
-    return rc;
 }
 
 // Fisher-Yates order of epoch e: perm[0..n) a permutation of 0..n-1, a pure function of (seed, e).
@@ -252,7 +234,7 @@ static int classifier_train(int argc, char **argv) {
     struct msd_dataset train = {0}, test = {0};
     struct msd_classifier c = {0};
     struct msd_classifier_config cfg;
-    rc = check_out_dir(f.out);
+    rc = cmd_check_out_file("--out", f.out, false);
     if (rc == 0) rc = open_labelled(&train, f.data, "--data", 0, 0);
     if (rc == 0) rc = open_labelled(&test, test_spec, "--test-data", train.channels, train.res);
     if (rc == 0 && train.n < f.batch)

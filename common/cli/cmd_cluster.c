@@ -4,7 +4,6 @@
 // msdiff train; writes the per-sample values as CSV, an SVG plot of S0 and S1 against t, and the
 // similarity matrix as a PNG heat map. The algorithms are common/model/cluster.h; this file holds
 // flags and output only.
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include "common/model/cluster.h"
 #include "commands.h"
 #include "common/model/config.h"
+#include "common/io/atomic.h"
 #include "common/io/data.h"
 #include "common/core/error.h"
 #include "common/io/png.h"
@@ -61,11 +61,16 @@ const char HELP_CLUSTER[] =
     "  --seed S          the RNG seed for the samples (default 0)\n"
     "  --csv FILE        denoiser: k,image,t,sigma,S0,S1 per sample sorted by t; similarity: the matrix\n"
     "                    (a,b,t_a,t_b,S); snr, timestep: j,t,sigma,f,stage per grid point\n"
+
     "  --plot FILE.svg   denoiser: S0 and S1 against t, their running means and the boundaries\n"
     "  --heatmap FILE.png  similarity: the matrix as a heat map, the clusters marked\n"
     "  --batch B         denoiser, similarity: queries per backend call (default 32)\n"
     "  --backend B       ref, fast or cuda (default: the fastest available)\n"
     "  --quiet           no progress line\n"
+    "\n"
+    "Outputs: the folder of each of --csv, --plot and --heatmap must exist (checked before any work).\n"
+    "Each file is written whole or not at all; --csv and --plot may name a device such as /dev/stdout,\n"
+    "which is written in place.\n"
     "\n"
     "Cost: each sample is one posterior mean over the data set: 60,000 Fashion-MNIST images take about\n"
     "0.1 s per sample on the ref backend (so the default K 2000 takes a few minutes).\n"
@@ -121,19 +126,8 @@ static void show_progress(void *ctx, long done, long total) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Output files: opened for writing, closed with the error (if any) named
-
-static FILE *out_open(const char *path) {
-    FILE *f = fopen(path, "w");
-    if (!f) msd_set_error("cannot write '%s': %s", path, strerror(errno));
-    return f;
-}
-
-static int out_close(FILE *f, const char *path) {
-    const bool bad = ferror(f) != 0;
-    if (fclose(f) != 0 || bad) return msd_set_error("error writing '%s'", path);
-    return 0;
-}
+// Output files (CSV, SVG) go through common/io/atomic.h: written whole or not at all, so a full disk
+// leaves the old file (or none) and a message with the reason, never a truncated one.
 
 // ---------------------------------------------------------------------------------------------------
 // Printing the boundaries
@@ -156,8 +150,9 @@ static const char *const BLUE = "#1f77b4", *const ORANGE = "#ff7f0e";
 
 static int write_plot(const char *path, const struct msd_cluster_sample *s, int K, double alpha, double t1,
                       double t2, double eta, bool have_t) {
-    FILE *f = out_open(path);
-    if (!f) return -1;
+    struct msd_atomic_file out;
+    if (msd_atomic_open(&out, path) < 0) return -1;
+    FILE *f = out.f;
     const double W = 820, H = 500, L = 70, R = 20, T = 50, B = 60, pw = W - L - R, ph = H - T - B;
 #define X(t) (L + (t) * pw)
 #define Y(v) (T + (1 - (v)) * ph)
@@ -227,7 +222,7 @@ static int write_plot(const char *path, const struct msd_cluster_sample *s, int 
     fprintf(f, "</svg>\n");
 #undef X
 #undef Y
-    return out_close(f, path);
+    return msd_atomic_close(&out);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -279,15 +274,16 @@ static int run_interval(const struct args *a) {
            a->stages, a->grid / (2 * a->stages), (3 * a->grid + 2 * a->stages - 1) / (2 * a->stages));
     print_boundaries(t, a->stages - 1);
     if (a->csv) {
-        FILE *f = out_open(a->csv);
-        if (!f) return cmd_fail();
-        fprintf(f, "j,t,sigma,f,stage\n");
+        struct msd_atomic_file out;
+        if (msd_atomic_open(&out, a->csv) < 0) return cmd_fail();
+        fprintf(out.f, "j,t,sigma,f,stage\n");
         for (int j = 1, s = 0; j <= a->grid; j++) {
             const double tj = (double)j / a->grid;
             while (s < a->stages - 1 && j >= (int)lround(t[s] * a->grid)) s++; // t[s] starts stage s + 1
-            fprintf(f, "%d,%.17g,%.17g,%.17g,%d\n", j, tj, msd_cluster_sigma(tj), snr ? msd_cluster_logsnr(tj) : tj, s);
+            fprintf(out.f, "%d,%.17g,%.17g,%.17g,%d\n", j, tj, msd_cluster_sigma(tj),
+                    snr ? msd_cluster_logsnr(tj) : tj, s);
         }
-        if (out_close(f, a->csv) < 0) return cmd_fail();
+        if (msd_atomic_close(&out) < 0) return cmd_fail();
         printf("wrote %s\n", a->csv);
     }
     return 0;
@@ -357,12 +353,13 @@ static int run_denoiser(const struct args *a, const struct msd_backend *be) {
         snprintf(why, sizeof why, "t1 = %.4f >= t2 = %.4f: the low- and high-noise regions overlap, so there is no "
                  "middle stage; raise --alpha or lower --eta", t[0], t[1]);
     if (a->csv) {
-        FILE *f = out_open(a->csv);
-        if (!f) return free(s), cmd_fail();
-        fprintf(f, "k,image,t,sigma,S0,S1\n");
+        struct msd_atomic_file out;
+        if (msd_atomic_open(&out, a->csv) < 0) return free(s), cmd_fail();
+        fprintf(out.f, "k,image,t,sigma,S0,S1\n");
         for (int i = 0; i < a->K; i++)
-            fprintf(f, "%d,%d,%.17g,%.17g,%.17g,%.17g\n", s[i].k, s[i].image, s[i].t, s[i].sigma, s[i].S0, s[i].S1);
-        if (out_close(f, a->csv) < 0) return free(s), cmd_fail();
+            fprintf(out.f, "%d,%d,%.17g,%.17g,%.17g,%.17g\n", s[i].k, s[i].image, s[i].t, s[i].sigma, s[i].S0,
+                    s[i].S1);
+        if (msd_atomic_close(&out) < 0) return free(s), cmd_fail();
         printf("wrote %s\n", a->csv);
     }
     if (a->plot) {
@@ -403,12 +400,13 @@ static int run_similarity(const struct args *a, const struct msd_backend *be) {
     for (int c = 1; c < k; c++) b[c - 1] = 0.5 * (t[starts[c] - 1] + t[starts[c]]); // midway between clusters
     print_boundaries(b, k - 1);
     if (a->csv) {
-        FILE *f = out_open(a->csv);
-        if (!f) return free(t), free(S), cmd_fail();
-        fprintf(f, "a,b,t_a,t_b,S\n");
+        struct msd_atomic_file out;
+        if (msd_atomic_open(&out, a->csv) < 0) return free(t), free(S), cmd_fail();
+        fprintf(out.f, "a,b,t_a,t_b,S\n");
         for (int i = 0; i < G; i++)
-            for (int j = 0; j < G; j++) fprintf(f, "%d,%d,%.17g,%.17g,%.17g\n", i, j, t[i], t[j], S[(size_t)i * G + j]);
-        if (out_close(f, a->csv) < 0) return free(t), free(S), cmd_fail();
+            for (int j = 0; j < G; j++)
+                fprintf(out.f, "%d,%d,%.17g,%.17g,%.17g\n", i, j, t[i], t[j], S[(size_t)i * G + j]);
+        if (msd_atomic_close(&out) < 0) return free(t), free(S), cmd_fail();
         printf("wrote %s\n", a->csv);
     }
     if (a->heatmap) {
@@ -503,6 +501,12 @@ int cmd_cluster(int argc, char **argv) {
                          a.grid, a.stages, 2 * a.stages);
     if (a.method == SIMILARITY && a.grid > 1000)
         return cli_error("cluster", "--grid: at most 1000 times for the similarity matrix, got %d", a.grid);
+    // the outputs' folders before the minutes of posterior means; CSV and SVG may go to a device
+    // (--csv /dev/stdout), the PNG heat map is renamed into place and may not
+    if ((a.csv && cmd_check_out_file("--csv", a.csv, true) < 0) ||
+        (a.plot && cmd_check_out_file("--plot", a.plot, true) < 0) ||
+        (a.heatmap && cmd_check_out_file("--heatmap", a.heatmap, false) < 0))
+        return cmd_fail();
     if (a.method == SNR || a.method == TIMESTEP) return run_interval(&a);
     const struct msd_backend *be = cmd_backend("cluster", a.backend);
     if (!be) return CLI_USAGE;

@@ -16,24 +16,27 @@
 #include "common/model/model.h"
 #include "common/model/precond.h"
 #include "commands.h"
+#include "run.h"
 
 const char HELP_DENOISE[] =
-    "usage: msdiff denoise --model FILE --input X.safetensors --sigma S --out Y.safetensors\n"
+    "usage: msdiff denoise --model FILE|RUN_DIR --input X.safetensors --sigma S --out Y.safetensors\n"
     "                      [--backend B] [--batch N]\n"
     "\n"
     "Apply a checkpoint's denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) to noisy images,\n"
     "all at the noise level sigma (the stage whose range holds sigma does the work; dropout off).\n"
     "The input file must hold a tensor \"x\" (F32, F16 or BF16) of shape (N, C, R, R), with C and R\n"
     "the model's image channels and resolution. The output holds \"D\" (F32) of the same shape, with\n"
-    "metadata \"sigma\" (the value) and \"model\" (the checkpoint path).\n"
+    "metadata \"sigma\" (the value) and \"model\" (the checkpoint path read).\n"
     "\n"
     "flags:\n"
-    "  --model FILE     the checkpoint (required)\n"
-    "  --input FILE     the safetensors file holding \"x\" (required)\n"
-    "  --sigma S        the noise level, a finite number > 0 (required)\n"
-    "  --out FILE       the safetensors file to write (required); written atomically\n"
-    "  --backend B      ref, fast or cuda (default: the fastest this build and CPU have)\n"
-    "  --batch N        images per forward pass, a positive integer (default: all at once)\n"
+    "  --model FILE|DIR  the checkpoint, or a run folder of msdiff train (its ema.safetensors)\n"
+    "                    (required)\n"
+    "  --input FILE      the safetensors file holding \"x\" (required)\n"
+    "  --sigma S         the noise level, a finite number > 0 (required)\n"
+    "  --out FILE        the safetensors file to write (required): a new name or a regular file in an\n"
+    "                    existing folder; written atomically\n"
+    "  --backend B       ref, fast or cuda (default: the fastest this build and CPU have)\n"
+    "  --batch N         images per forward pass, a positive integer (default: all at once)\n"
     "\n"
     "example:\n"
     "  msdiff denoise --model mini.safetensors --input noisy.safetensors --sigma 2.5 --out D.safetensors\n";
@@ -68,7 +71,7 @@ int cmd_denoise(int argc, char **argv) {
     int batch = 0;
     bool done;
     struct cli_opt o[] = {
-        {.flag = "--model", .type = CLI_STR, .dst = &model, .expect = "a checkpoint file", .required = true},
+        {.flag = "--model", .type = CLI_STR, .dst = &model, .expect = "a checkpoint or run folder", .required = true},
         {.flag = "--input", .type = CLI_STR, .dst = &input, .expect = "a safetensors file holding \"x\"",
          .required = true},
         {.flag = "--sigma", .type = CLI_DOUBLE, .dst = &sigma, .expect = "a finite noise level > 0",
@@ -85,7 +88,11 @@ int cmd_denoise(int argc, char **argv) {
         return cli_error("denoise", "--sigma: expected a finite noise level > 0, got %g", sigma);
     const struct msd_backend *be = cmd_backend("denoise", backend);
     if (!be) return CLI_USAGE;
+    if (cmd_check_out_file("--out", out, false) < 0) return cmd_fail();
 
+    // the model: a checkpoint, or a run folder's EMA, named by the file actually read
+    char path[4096];
+    model = msd_run_model_path(model, path, sizeof path);
     struct msd_model m;
     if (msd_checkpoint_load(&m, model, be)) return cmd_fail();
     const struct msd_config *c = &m.cfg;

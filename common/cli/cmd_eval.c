@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -27,6 +29,7 @@
 #include "common/core/util.h"
 
 #define LOSS_SIGMAS 3 // noise levels per stage for the held-out loss
+#define DEFAULT_CLASSIFIER "models/classifier-fmnist.safetensors" // beside the program, as make leaves it
 
 const char HELP_EVAL[] =
     "usage: msdiff eval (--model FILE|RUN_DIR | --images DIR) [--data fmnist] [--n 10000] [flags]\n"
@@ -44,7 +47,8 @@ const char HELP_EVAL[] =
     "                        its held-out split (fmnist -> fmnist:test, cifar10:DIR -> cifar10:test:DIR)\n"
     "  --ref SPEC            another reference set (any data spec, e.g. a folder of PNGs)\n"
     "  --n N                 images to generate or read, and reference images to use (default 10000)\n"
-    "  --classifier FILE     the feature network (default models/classifier-fmnist.safetensors)\n"
+    "  --classifier FILE     the feature network (default: models/classifier-fmnist.safetensors in the\n"
+    "                        folder of the msdiff program, else in the current folder)\n"
     "  --steps N             Heun steps (default 18: 35 evaluations)\n"
     "  --batch B             images per batch when sampling (default 256)\n"
     "  --loss-images N       held-out images for the loss (default 2000; 0 skips the loss)\n"
@@ -65,6 +69,27 @@ static void held_out_spec(const char *data, char *out, size_t n) {
     else if (!strncmp(data, "cifar10:", 8) && strncmp(data, "cifar10:test", 12))
         snprintf(out, n, "cifar10:test:%s", data + 8);
     else snprintf(out, n, "%s", data);
+}
+
+// The default classifier: DEFAULT_CLASSIFIER in the folder of the running program (/proc/self/exe;
+// make builds msdiff at the repository root, beside models/), so that eval works from any folder; else
+// the same path from the current folder. Into buf (n bytes); 0, or -1 with a message saying where it
+// looked when it is in neither place.
+static int default_classifier(char *buf, size_t n) {
+    struct stat st;
+    char exe[4096];
+    const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    char *slash = len > 0 ? (exe[len] = '\0', strrchr(exe, '/')) : NULL;
+    if (slash) {
+        *slash = '\0';
+        snprintf(buf, n, "%s/%s", exe, DEFAULT_CLASSIFIER);
+        if (stat(buf, &st) == 0) return 0;
+    }
+    snprintf(buf, n, "%s", DEFAULT_CLASSIFIER);
+    if (stat(buf, &st) == 0) return 0;
+    return msd_set_error("eval: no --classifier given, and the default %s is neither in the program's folder (%s) "
+                         "nor in the current folder; give --classifier FILE (msdiff classifier train writes one)",
+                         DEFAULT_CLASSIFIER, slash ? exe : "unknown");
 }
 
 // n images from model m: seeds 0..n-1, Heun over the EDM schedule of `steps` steps. images: (n, M) host.
@@ -114,7 +139,8 @@ static int feature_fd(struct msd_classifier *c, const float *a, int n_a, const f
 
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *images_dir = NULL, *data = "fmnist", *ref = NULL, *backend = NULL;
-    const char *cls_path = "models/classifier-fmnist.safetensors";
+    const char *cls_path = NULL;
+    char cls_buf[4200];
     int n = 10000, steps = 18, batch = 256, loss_images = 2000;
     bool json = false;
     struct cli_opt o[] = {
@@ -137,6 +163,10 @@ int cmd_eval(int argc, char **argv) {
     if (!model == !images_dir) return cli_error("eval", "give exactly one of --model and --images");
     const struct msd_backend *be = cmd_backend("eval", backend);
     if (!be) return CLI_USAGE;
+    if (!cls_path) {
+        if (default_classifier(cls_buf, sizeof cls_buf) < 0) return cmd_fail();
+        cls_path = cls_buf;
+    }
 
     // the reference images, the classifier, and the generated images
     char ref_spec[600];

@@ -24,7 +24,8 @@ const char HELP_EXPORT[] =
     "\n"
     "flags:\n"
     "  --model FILE|DIR  the checkpoint, or a run folder (required)\n"
-    "  --out FILE        the checkpoint to write (required); written atomically\n"
+    "  --out FILE        the checkpoint to write (required): a new name or a regular file in an\n"
+    "                    existing folder; written atomically\n"
     "  --fp16            store F16 instead of F32\n"
     "\n"
     "example:\n"
@@ -41,6 +42,7 @@ int cmd_export(int argc, char **argv) {
     };
     int rc = cmd_parse("export", argc, argv, o, COUNT(o), &done);
     if (done) return rc;
+    if (cmd_check_out_file("--out", out, false) < 0) return cmd_fail();
     char path[4096];
     struct stat sb;
     msd_run_model_path(model, path, sizeof path);

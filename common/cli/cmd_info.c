@@ -13,19 +13,21 @@
 #include "common/model/config.h"
 #include "common/model/model.h"
 #include "commands.h"
+#include "run.h"
 
 const char HELP_INFO[] =
-    "usage: msdiff info (--preset NAME | --model FILE) [--json]\n"
+    "usage: msdiff info (--preset NAME | --model FILE|RUN_DIR) [--json]\n"
     "\n"
     "Print a network's configuration, its parameter counts (total, shared, and per stage: decoder s of\n"
     "a unified or multistage network, network s of separate ones) and the forward multiply-adds per\n"
     "image of each stage (every weighted conv and linear layer and the two attention matmuls).\n"
     "\n"
     "flags:\n"
-    "  --preset NAME   a built-in configuration (listed below)\n"
-    "  --model FILE    a checkpoint (.safetensors) written by msdiff; its config is read from the file\n"
-    "                  and its weights are loaded and checked\n"
-    "  --json          print the same as one JSON object\n"
+    "  --preset NAME     a built-in configuration (listed below)\n"
+    "  --model FILE|DIR  a checkpoint (.safetensors) written by msdiff, or a run folder of msdiff train\n"
+    "                    (its ema.safetensors); the config is read from the file and the weights are\n"
+    "                    loaded and checked\n"
+    "  --json            print the same as one JSON object\n"
     "Exactly one of --preset and --model is required.\n"
     "\n"
     "examples:\n"
@@ -129,20 +131,21 @@ int cmd_info(int argc, char **argv) {
     bool json = false, done;
     struct cli_opt o[] = {
         {.flag = "--preset", .type = CLI_STR, .dst = &preset, .expect = "a preset name"},
-        {.flag = "--model", .type = CLI_STR, .dst = &model, .expect = "a checkpoint file"},
+        {.flag = "--model", .type = CLI_STR, .dst = &model, .expect = "a checkpoint or run folder"},
         {.flag = "--json", .type = CLI_SWITCH, .dst = &json},
     };
     int rc = cmd_parse("info", argc, argv, o, COUNT(o), &done);
     if (done) return rc;
-    if (!preset == !model) return cli_error("info", "give exactly one of --preset NAME or --model FILE");
+    if (!preset == !model) return cli_error("info", "give exactly one of --preset NAME or --model FILE|RUN_DIR");
     struct msd_model m;
-    char source[1100];
+    char source[4200], path[4096];
     if (preset) {
         struct msd_config cfg;
         if (msd_config_preset(&cfg, preset)) return cli_error("info", "--preset: %s", msd_last_error());
         if (msd_model_create(&m, &cfg, &msd_backend_ref)) return cmd_fail();
         snprintf(source, sizeof source, "preset %s", preset);
-    } else {
+    } else { // a checkpoint, or a run folder's EMA, named by the file actually read
+        model = msd_run_model_path(model, path, sizeof path);
         if (msd_checkpoint_load(&m, model, &msd_backend_ref)) return cmd_fail();
         snprintf(source, sizeof source, "checkpoint %s", model);
     }

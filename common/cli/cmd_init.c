@@ -24,7 +24,8 @@ const char HELP_INIT[] =
     "\n"
     "flags:\n"
     "  --preset NAME         the configuration to start from (required; listed below)\n"
-    "  --out FILE            the checkpoint to write (required); written atomically\n"
+    "  --out FILE            the checkpoint to write (required): a new name or a regular file in an\n"
+    "                        existing folder; written atomically\n"
     "  --seed S              the RNG seed, a non-negative integer (default 0)\n"
     "  --decoders D0,...     decoder base widths, one per stage, low noise first; their number sets\n"
     "                        the number of stages (default: the preset's)\n"
@@ -84,6 +85,7 @@ int cmd_init(int argc, char **argv) {
     if (msd_config_validate(&cfg))
         return cli_error("init", "preset %s with these flags is not a valid network: %s", preset, msd_last_error());
 
+    if (cmd_check_out_file("--out", out, false) < 0) return cmd_fail();
     struct msd_model m;
     if (msd_model_create(&m, &cfg, &msd_backend_ref)) return cmd_fail();
     msd_model_init_weights(&m, seed);

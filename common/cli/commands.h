@@ -19,6 +19,17 @@ int cmd_fail(void);
 int cmd_parse(const char *cmd, int argc, char **argv, struct cli_opt *o, int n, bool *done);
 // The backend named by a --backend flag (NULL: the fastest available), or NULL after printing why.
 const struct msd_backend *cmd_backend(const char *cmd, const char *name);
+// Where an output flag writes, checked before a long computation so that it cannot end unable to save
+// (a typo in a folder name is found at once). A file (--grid, --csv, --out): its folder exists, is a
+// folder and is writable, and the path itself is not a folder. An existing device, pipe or symbolic
+// link (/dev/null, /dev/stdout) is accepted when devices_ok (atomic.h's msd_atomic_file writes it in
+// place) if it is writable, and refused otherwise: a writer that renames a temporary file into place
+// would replace the entry itself. A folder (--outdir): it is a writable folder, or it does not exist
+// yet and its parent is a writable folder (the command creates it when it writes). 0, or -1 with a
+// message naming the flag, the path and what is wrong. Writability is what access(2) says: for root
+// it catches a read-only file system but not permission bits.
+int cmd_check_out_file(const char *flag, const char *path, bool devices_ok);
+int cmd_check_out_dir(const char *flag, const char *dir);
 // "unified" (one stage), "multistage" (shared encoder, one decoder per stage) or "separate": the kind
 // of network msdiff info and msdiff init print (common/cli/cmd_info.c).
 const char *cmd_kind_name(const struct msd_config *c);

@@ -1,17 +1,23 @@
 // msdiff.c: the program's main: the command table, the usage and help printing, the services every
-// command uses (cmd_parse, cmd_fail, cmd_backend), and the three commands that are part of the table
-// itself (backends, version, help: a few lines each, and help needs the table). Each other command is
-// its own file, common/cli/cmd_<name>.c, declared in commands.h.
+// command uses (cmd_parse, cmd_fail, cmd_backend, the checks of output paths), and the three commands
+// that are part of the table itself (backends, version, help: a few lines each, and help needs the
+// table). Each other command is its own file, common/cli/cmd_<name>.c, declared in commands.h.
 //
 // Each command parses its flags with cli.h, calls the library, and maps the outcome to an exit
 // status: 0 success, 1 (CLI_FAIL) when the library fails ("msdiff: <msd_last_error()>"), 2
 // (CLI_USAGE) for a bad command line (one line naming the flag and what it expects). Nothing here
 // computes anything the library already does; the program only wires flags to it.
+#include <errno.h>
+#include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/core/backend.h"
 #include "common/core/error.h"
+#include "common/core/util.h"
 #include "common/model/config.h"
 #include "cli.h"
 #include "commands.h"
@@ -113,6 +119,51 @@ int cmd_parse(const char *cmd, int argc, char **argv, struct cli_opt *o, int n, 
     int rc = cli_parse(cmd, argc, argv, o, n);
     *done = rc != 0;
     return rc == 1 ? print_help(find_command(cmd)) : rc;
+}
+
+// A folder that an output goes into: it exists, is a folder and can be written. `what` is the path
+// the flag gave, for the message. 0 or -1 with a message.
+static int writable_folder(const char *flag, const char *what, const char *folder) {
+    struct stat st;
+    if (stat(folder, &st) != 0)
+        return msd_set_error("%s '%s': the folder '%s' does not exist (%s)", flag, what, folder, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return msd_set_error("%s '%s': '%s' is not a folder", flag, what, folder);
+    if (access(folder, W_OK) != 0)
+        return msd_set_error("%s '%s': the folder '%s' is not writable (%s)", flag, what, folder, strerror(errno));
+    return 0;
+}
+
+int cmd_check_out_file(const char *flag, const char *path, bool devices_ok) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return msd_set_error("%s '%s' is a folder; expected a file name", flag, path);
+    // lstat: what a rename would replace is the entry itself, and /dev/stdout is a symbolic link that
+    // may lead to a regular file
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (!devices_ok)
+            return msd_set_error("%s '%s' is a device, pipe or symbolic link; expected a regular file or a new "
+                                 "name (the file is written beside it and renamed into place, which would replace "
+                                 "the entry itself)", flag, path);
+        if (access(path, W_OK) != 0) return msd_set_error("%s '%s' is not writable (%s)", flag, path, strerror(errno));
+        return 0;
+    }
+    char *copy = xstrdup(path);
+    int rc = writable_folder(flag, path, dirname(copy));
+    free(copy);
+    return rc;
+}
+
+int cmd_check_out_dir(const char *flag, const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) return msd_set_error("%s '%s' exists and is not a folder", flag, dir);
+        return writable_folder(flag, dir, dir);
+    }
+    if (errno != ENOENT) return msd_set_error("%s '%s': %s", flag, dir, strerror(errno));
+    char *copy = xstrdup(dir);
+    int rc = writable_folder(flag, dir, dirname(copy)); // where it will be created
+    free(copy);
+    return rc;
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
-// atomic.c: the temporary path and the directory sync of atomic.h.
+// atomic.c: the temporary path, the directory sync and the stdio writer of atomic.h.
 #include "atomic.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/core/error.h"
 #include "common/core/util.h"
 
 char *msd_tmp_path(const char *path) {
@@ -28,4 +32,42 @@ void msd_sync_parent_dir(const char *path) {
         close(fd);
     }
     free(dir);
+}
+
+int msd_atomic_open(struct msd_atomic_file *a, const char *path) {
+    // lstat, not stat: a rename replaces a symbolic link itself, and /dev/stdout is a link that may
+    // lead to a regular file
+    struct stat st;
+    const bool in_place = lstat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode);
+    a->path = xstrdup(path);
+    a->tmp = in_place ? NULL : msd_tmp_path(path);
+    a->f = fopen(in_place ? path : a->tmp, "w");
+    if (a->f) return 0;
+    int rc = msd_set_error("cannot write '%s': cannot create '%s': %s", path, in_place ? path : a->tmp,
+                           strerror(errno));
+    free(a->path), free(a->tmp);
+    a->path = a->tmp = NULL;
+    return rc;
+}
+
+int msd_atomic_close(struct msd_atomic_file *a) {
+    const char *step = NULL;
+    int err = 0;
+    // A write that failed earlier (ENOSPC, EFBIG) left its bytes in the buffer, so the flush tries them
+    // again and fails with the same reason.
+    errno = 0;
+    if (fflush(a->f) != 0 || ferror(a->f)) step = "write", err = errno;
+    else if (a->tmp && fsync(fileno(a->f)) != 0) step = "fsync", err = errno;
+    if (fclose(a->f) != 0 && !step) step = "close", err = errno;
+    if (!step && a->tmp && rename(a->tmp, a->path) != 0) step = "rename", err = errno;
+    int rc = 0;
+    if (step) {
+        if (a->tmp) remove(a->tmp); // never leave a half-written file behind
+        rc = msd_set_error("cannot write '%s': %s of '%s' failed: %s%s", a->path, step, a->tmp ? a->tmp : a->path,
+                           err ? strerror(err) : "an earlier write failed", a->tmp ? "; the file is left as it was"
+                                                                               : "");
+    } else if (a->tmp) msd_sync_parent_dir(a->path);
+    free(a->path), free(a->tmp);
+    a->f = NULL, a->path = a->tmp = NULL;
+    return rc;
 }

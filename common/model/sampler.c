@@ -54,6 +54,19 @@ int msd_schedule(double *sigmas, int steps, enum msd_schedule_kind kind, const s
             sigmas[i] = pow(a + frac * (b - a), o->rho);
         }
         sigmas[steps] = 0.0;
+        // Each option may be in range and the schedule still break in double precision: a tiny rho
+        // makes sigma_max^(1/rho) overflow, a wide range makes b vanish beside a (a + (b - a) = 0), a
+        // huge rho makes a and b equal. The samplers need strictly decreasing positive values, so a
+        // broken schedule is refused here, with the options that made it.
+        for (int i = 0; i < steps; i++) {
+            if (isfinite(sigmas[i]) && sigmas[i] > 0 && (i == 0 || sigmas[i] < sigmas[i - 1])) continue;
+            char after[48] = "";
+            if (i > 0) snprintf(after, sizeof after, " after sigmas[%d] = %g", i - 1, sigmas[i - 1]);
+            return msd_set_error("schedule edm: sigma_min %g, sigma_max %g and rho %g give sigmas[%d] = %g%s in %d "
+                                 "steps; expected strictly decreasing positive values (sigma_max^(1/rho) = %g and "
+                                 "sigma_min^(1/rho) = %g must be finite, positive and apart in double precision)",
+                                 o->sigma_min, o->sigma_max, o->rho, i, sigmas[i], after, steps, a, b);
+        }
         return 0;
     }
     case MSD_SCHEDULE_VP_TIME:

@@ -48,7 +48,9 @@ struct msd_schedule_opts msd_schedule_opts_default(void);
 //         SIGMA, NOT 0 (about 3.2e-3 for t_end = 1e-4): the samples come out at that noise level,
 //         as DPM-Solver's do (it does not denoise to zero by default).
 // With steps = 1 the EDM and VP_TIME schedules are {sigma at the start, 0}.
-// Returns 0, or -1 with a message (steps < 1, or options out of range).
+// Returns 0, or -1 with a message (steps < 1, options out of range, or EDM options that are each in
+// range but give no strictly decreasing schedule in double precision, e.g. sigma_min 1e-300 with rho 7,
+// whose last step rounds to 0).
 int msd_schedule(double *sigmas, int steps, enum msd_schedule_kind kind, const struct msd_schedule_opts *o);
 
 // ---------------------------------------------------------------------------------------------------

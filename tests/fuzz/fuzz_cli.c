@@ -1,5 +1,6 @@
 // fuzz_cli.c: the command-line number parsers (common/cli/cli.c): whole-word integers with a range,
-// unsigned 64-bit seeds and doubles, and cli_parse over lists of them ("--seeds 1,2", "--sigmas ...").
+// unsigned 64-bit seeds and doubles, and cli_parse over lists of them ("--seeds 1,2", "--sigmas ...")
+// and over a double that may be inf.
 // The input is split at NUL bytes into words.
 #include <stdbool.h>
 #include <stdlib.h>
@@ -25,19 +26,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
 
     int steps = 0;
     uint64_t seed = 0;
-    double sigma = 0;
+    double sigma = 0, bound = 0;
     bool quiet = false;
     const char *name = NULL;
     struct cli_ints ints = {0};
     struct cli_doubles reals = {0};
     struct cli_opt opts[] = {
-        {"--steps", CLI_INT, &steps, "a count >= 1", false, 1, 1000000, 0, false},
-        {"--seed", CLI_U64, &seed, "a seed", false, 0, 0, 0, false},
-        {"--sigma", CLI_DOUBLE, &sigma, "a noise level > 0", false, 0, 0, 0, false},
-        {"--quiet", CLI_SWITCH, &quiet, NULL, false, 0, 0, 0, false},
-        {"--out", CLI_STR, &name, "a folder", false, 0, 0, 0, false},
-        {"--decoders", CLI_INTS, &ints, "widths", false, 1, 4096, 4, false},
-        {"--boundaries", CLI_DOUBLES, &reals, "sigmas", false, 0, 0, 4, false},
+        {"--steps", CLI_INT, &steps, "a count >= 1", false, 1, 1000000, 0, false, false},
+        {"--seed", CLI_U64, &seed, "a seed", false, 0, 0, 0, false, false},
+        {"--sigma", CLI_DOUBLE, &sigma, "a noise level > 0", false, 0, 0, 0, false, false},
+        {"--quiet", CLI_SWITCH, &quiet, NULL, false, 0, 0, 0, false, false},
+        {"--out", CLI_STR, &name, "a folder", false, 0, 0, 0, false, false},
+        {"--decoders", CLI_INTS, &ints, "widths", false, 1, 4096, 4, false, false},
+        {"--boundaries", CLI_DOUBLES, &reals, "sigmas", false, 0, 0, 4, false, false},
+        {"--s-max", CLI_DOUBLE, &bound, "a noise level or inf", false, 0, 0, 0, true, false},
     };
     cli_parse("fuzz", argc, words, opts, (int)(sizeof opts / sizeof opts[0]));
     free(buf);
