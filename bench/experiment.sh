@@ -83,7 +83,7 @@ for arm in $ARMS; do
         say "$arm: already trained to $STEPS steps"
     elif [ -f "$run/state.safetensors" ]; then
         say "$arm: continuing to $STEPS steps"
-        # a resumed run takes its snapshot interval again: run.json does not keep it
+        # run.json keeps the intervals; given again for a run folder of an older msdiff, which did not
         "$MSDIFF" train --out "$run" --resume --steps "$STEPS" --snapshot-every "$SNAP" --ckpt-every "$SNAP" \
             "${BE[@]}" --log-seconds 30 >> "$run/train.log" 2>&1 || { tail -n 5 "$run/train.log" >&2; exit 1; }
     else

@@ -2,7 +2,8 @@
 // ./msdiff (tests run from the repository root; make builds ./msdiff first) on a few PNG files it
 // writes itself, and checks what the commands promise: sampling is a pure function of the seed
 // (whatever the batch), a run folder holds what run.h says and samples, a resumed run ends bit for
-// bit where an uninterrupted one does, Ctrl-C stops cleanly with a state that resumes, and bad
+// bit where an uninterrupted one does, SIGINT and SIGTERM stop cleanly (exit status 130, 143) with a
+// state that resumes, a SIGKILL leaves a log with its header and run.json's save intervals, and bad
 // command lines and bad data fail with one line that names the problem.
 //
 // Every run is tiny (mini or mini-ms, batch 2, 1-3 steps; euler with 2 steps): the ref backend is
@@ -302,46 +303,66 @@ START_TEST(resume_equals_uninterrupted) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
-// 4. SIGINT: stop after the current step, save, resume from there
+// 4. SIGINT and SIGTERM: stop after the current step, save, exit with 128 + the signal, resume from there
 
-START_TEST(sigint_saves_and_resumes) {
-    const char *data = test_path("data28"), *run = test_path("R3"), *out = test_path("sigint-out.txt"),
-               *err = test_path("sigint-err.txt");
+// Spawn argv (a training run with progress rows) and wait until its log.csv holds a row for a step of
+// at least `step` (0: until state.safetensors exists); fails the test, killing the run, when it exits
+// first or takes over 60 s.
+static void wait_for_progress(pid_t pid, const char *run, long step, const char *err) {
+    const char *log = test_pathf("%s/log.csv", run), *state = test_pathf("%s/state.safetensors", run);
+    int st = 0;
+    bool exited = false, there = false;
+    const struct timespec tick = {0, 50 * 1000 * 1000};
+    for (int i = 0; i < 60 * 20 && !there && !exited; i++) {
+        nanosleep(&tick, NULL);
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            exited = true;
+        } else if (step == 0) {
+            there = test_exists(state);
+        } else if (test_exists(log)) {
+            int rows;
+            there = last_csv_step(log, &rows) >= step;
+        }
+    }
+    if (!there) { // do not leave a long run behind
+        if (!exited) kill(pid, SIGKILL), waitpid(pid, &st, 0);
+        char *e = test_read_file(err, NULL);
+        ck_abort_msg("train %s before %s (status %d); stderr: %s", exited ? "exited" : "went on for 60 s",
+                     step ? test_pathf("a log row for step %ld", step) : "its first save", test_exit_status(st), e);
+    }
+}
+
+// A run of mini stopped by sig exits with status (128 + sig) after saving, says where it stopped and
+// how to go on, and resumes from there.
+static void stop_by_signal(int sig, const char *name, int status) {
+    const char *data = test_path("data28"), *run = test_pathf("%s/R-%s", test_tmpdir(), name);
+    const char *out = test_pathf("%s/%s-out.txt", test_tmpdir(), name);
+    const char *err = test_pathf("%s/%s-err.txt", test_tmpdir(), name);
     const char *argv[] = {"./msdiff", "train", "--preset", "mini", "--data", data, "--steps", "1000", "--batch", "2",
                           "--out", run, "--log-seconds", "0.1", NULL};
     const char *log = test_pathf("%s/log.csv", run), *state = test_pathf("%s/state.safetensors", run);
     const char *ema = test_pathf("%s/ema.safetensors", run);
     pid_t pid = test_spawn(argv, out, err);
-    // wait for a data row in the log: the loop (and its SIGINT handler) is running
-    int rows = -1, st = 0;
-    bool exited = false;
-    const struct timespec tick = {0, 50 * 1000 * 1000};
-    for (int i = 0; i < 60 * 20 && rows < 1 && !exited; i++) {
-        nanosleep(&tick, NULL);
-        if (waitpid(pid, &st, WNOHANG) == pid) exited = true;
-        else if (test_exists(log)) last_csv_step(log, &rows);
-    }
-    if (exited || rows < 1) { // do not leave a 1000-step run behind
-        if (!exited) kill(pid, SIGKILL), waitpid(pid, &st, 0);
-        char *e = test_read_file(err, NULL);
-        ck_abort_msg("train %s before its first log row (status %d); stderr: %s",
-                     exited ? "exited" : "wrote no log row in 60 s", test_exit_status(st), e);
-    }
-    ck_assert_msg(kill(pid, SIGINT) == 0, "kill SIGINT failed");
+    wait_for_progress(pid, run, 1, err); // a data row in the log: the loop (and its handlers) is running
+    ck_assert_msg(kill(pid, sig) == 0, "kill %s failed", name);
+    int st;
     ck_assert_msg(waitpid(pid, &st, 0) == pid, "waitpid failed");
     char *o = test_read_file(out, NULL), *e = test_read_file(err, NULL);
-    ck_assert_msg(test_exit_status(st) == 0, "train exited with %d after SIGINT, want 0; stderr: %s",
-                  test_exit_status(st), e);
-    ck_assert_msg(strstr(o, "interrupted") && strstr(o, "--resume"), "train does not say it was interrupted and "
-                  "how to go on: %s", o);
-    ck_assert_msg(test_exists(state) && test_exists(ema), "no state.safetensors or ema.safetensors after SIGINT");
+    // exited with the status, not ended by the signal (which a shell would also report as 128 + it)
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == status, "train %s %d after %s, want an exit with %d; "
+                  "stderr: %s", WIFEXITED(st) ? "exited with" : "was ended by signal", WIFEXITED(st) ?
+                  WEXITSTATUS(st) : WTERMSIG(st), name, status, e);
+    ck_assert_msg(!strstr(o, "done:"), "train says done after %s: %s", name, o);
+    ck_assert_msg(test_exists(state) && test_exists(ema), "no state.safetensors or ema.safetensors after %s", name);
     const long step = state_step(state);
-    ck_assert_msg(step >= 1 && step < 1000, "state after SIGINT is at step %ld, want 1..999", step);
-    char said[64];
-    snprintf(said, sizeof said, "interrupted at step %ld", step);
-    ck_assert_msg(strstr(o, said), "train does not say '%s' (the step it saved): %s", said, o);
+    ck_assert_msg(step >= 1 && step < 1000, "state after %s is at step %ld, want 1..999", name, step);
+    char said[1024];
+    snprintf(said, sizeof said, "msdiff train: interrupted at step %ld by %s: state saved in '%s'; continue with "
+             "--resume\n", step, name, run);
+    ck_assert_msg(!strcmp(e, said), "train does not say (alone on stderr) '%s': stderr '%s'", said, e);
     free(o);
     free(e);
+    int rows;
     long logged = last_csv_step(log, &rows);
     ck_assert_msg(logged == step, "log.csv ends at step %ld, the state at %ld", logged, step);
 
@@ -352,8 +373,74 @@ START_TEST(sigint_saves_and_resumes) {
     char at[64];
     snprintf(at, sizeof at, "at step %ld", step);
     ck_assert_msg(strstr(r.out, "resuming") && strstr(r.out, at), "resume does not say '%s': %s", at, r.out);
+    ck_assert_msg(strstr(r.out, "done:"), "a resume that reached its target does not say done: %s", r.out);
     test_run_free(&r);
     ck_assert_msg(state_step(state) == step + 1, "the resumed run did not end at step %ld", step + 1);
+}
+
+START_TEST(sigint_saves_and_resumes) { stop_by_signal(SIGINT, "SIGINT", 130); }
+END_TEST
+
+START_TEST(sigterm_saves_and_resumes) { stop_by_signal(SIGTERM, "SIGTERM", 143); }
+END_TEST
+
+// A run killed (SIGKILL) after its first save and before its first progress row keeps a log.csv that
+// is its header, and the save intervals of run.json: a resume without --ckpt-every saves every step
+// as the run was told to, not at its default of a tenth of the run.
+START_TEST(kill_keeps_the_log_header_and_the_save_intervals) {
+    const char *data = test_path("data28"), *run = test_path("R-kill"), *err = test_path("kill-err.txt");
+    const char *out = test_path("kill-out.txt");
+    const char *argv[] = {"./msdiff", "train", "--preset", "mini", "--data", data, "--steps", "100000", "--batch",
+                          "2", "--out", run, "--ckpt-every", "1", "--log-seconds", "1000", NULL};
+    const char *log = test_pathf("%s/log.csv", run), *state = test_pathf("%s/state.safetensors", run);
+    pid_t pid = test_spawn(argv, out, err);
+    wait_for_progress(pid, run, 0, err);
+    int st;
+    ck_assert(kill(pid, SIGKILL) == 0 && waitpid(pid, &st, 0) == pid);
+    char *text = test_read_file(log, NULL);
+    ck_assert_msg(!strcmp(text, "step,images,loss,loss_stage0,lr,grad_norm,images_per_s,seconds\n"),
+                  "log.csv of a run killed before its first row is '%s', want its header", text);
+    free(text);
+    struct msd_run_record rec;
+    ck_assert_msg(msd_run_read(run, &rec) == 0, "%s", msd_last_error());
+    ck_assert_msg(rec.steps == 100000 && rec.ckpt_every == 1 && rec.snapshot_every == 0, "run.json records steps "
+                  "%ld, ckpt_every %ld, snapshot_every %ld; want 100000, 1, 0", rec.steps, rec.ckpt_every,
+                  rec.snapshot_every);
+    free(rec.data);
+
+    // the resume saves every step: once it logs step s0 + 2, the state is at least at s0 + 1
+    const long s0 = state_step(state);
+    const char *resume[] = {"./msdiff", "train", "--out", run, "--resume", "--log-seconds", "0.001", NULL};
+    pid = test_spawn(resume, out, err);
+    wait_for_progress(pid, run, s0 + 2, err);
+    ck_assert(kill(pid, SIGKILL) == 0 && waitpid(pid, &st, 0) == pid);
+    const long s1 = state_step(state);
+    ck_assert_msg(s1 >= s0 + 1, "the resume logged step %ld but saved no step after %ld: run.json's ckpt_every 1 "
+                  "was not used", s0 + 2, s0);
+    text = test_read_file(log, NULL);
+    ck_assert_msg(!strncmp(text, "step,images,loss,", 17), "the resumed log lacks its header: %s", text);
+    free(text);
+
+    // flags given again are used and recorded; the next resume keeps them
+    char target[32];
+    snprintf(target, sizeof target, "%ld", s1 + 1);
+    struct test_run r = MSDIFF("train", "--out", run, "--resume", "--steps", target, "--ckpt-every", "7",
+                               "--snapshot-every", "1", "--quiet");
+    test_expect_ok(&r);
+    test_run_free(&r);
+    ck_assert_msg(msd_run_read(run, &rec) == 0, "%s", msd_last_error());
+    ck_assert_msg(rec.steps == s1 + 1 && rec.ckpt_every == 7 && rec.snapshot_every == 1, "run.json records steps "
+                  "%ld, ckpt_every %ld, snapshot_every %ld; want %ld, 7, 1", rec.steps, rec.ckpt_every,
+                  rec.snapshot_every, s1 + 1);
+    free(rec.data);
+    snprintf(target, sizeof target, "%ld", s1 + 2);
+    r = MSDIFF("train", "--out", run, "--resume", "--steps", target, "--quiet");
+    test_expect_ok(&r);
+    test_run_free(&r);
+    for (long s = s1 + 1; s <= s1 + 2; s++) {
+        const char *snap = test_pathf("%s/ema-step%08ld.safetensors", run, s);
+        ck_assert_msg(test_exists(snap), "no snapshot %s: the recorded --snapshot-every 1 was not kept", snap);
+    }
 }
 END_TEST
 
@@ -437,27 +524,48 @@ START_TEST(sample_bad_input) {
 }
 END_TEST
 
-// run.json's step target is read as a whole number in --steps' range before it is converted: a value
-// beyond a long (1e300, or an integer too long for one) or a fraction is refused, naming the field.
-START_TEST(run_json_steps_are_checked) {
-    const char *dir = test_subdir("runjson");
-    const char *bad[] = {"1e300", "44444444444444444441", "400.5", "0", "-3", "1000000001"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        const char *text = test_pathf("{\"data\": \"fmnist\", \"steps\": %s}", bad[i]);
-        test_write_file(test_pathf("%s/run.json", dir), text, strlen(text));
-        char *data = NULL;
-        long steps = 0;
-        ck_assert_msg(msd_run_read(dir, &data, &steps) == -1, "steps %s: read as %ld", bad[i], steps);
-        ck_assert_msg(strstr(msd_last_error(), "\"steps\"") && strstr(msd_last_error(), "from 1 to 1000000000"),
-                      "steps %s: %s", bad[i], msd_last_error());
+// run.json's step target and save intervals are read as whole numbers in their flags' ranges before
+// they are converted: a value beyond a long (1e300, or an integer too long for one), a fraction, a
+// value out of range or not a number is refused, naming the field. A run.json of an older version
+// without the intervals reads as 0 for both (the defaults apply).
+START_TEST(run_json_numbers_are_checked) {
+    char dir[TEST_PATH_MAX]; // kept: test_pathf's buffers rotate
+    snprintf(dir, sizeof dir, "%s", test_subdir("runjson"));
+    const struct { const char *field, *range; long lo; } fields[] = {
+        {"steps", "from 1 to 1000000000", 1}, {"ckpt_every", "from 1 to 1000000000", 1},
+        {"snapshot_every", "from 0 to 1000000000", 0}};
+    const char *bad[] = {"1e300", "44444444444444444441", "400.5", "-3", "1000000001", "\"7\"", "null", "-1e-300"};
+    for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++) {
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0] + (fields[f].lo == 1); i++) {
+            const char *value = i < sizeof bad / sizeof bad[0] ? bad[i] : "0"; // 0 is out of range from 1
+            const char *text = f == 0 ? test_pathf("{\"data\": \"fmnist\", \"steps\": %s}", value)
+                                      : test_pathf("{\"data\": \"fmnist\", \"steps\": 10, \"%s\": %s}",
+                                                   fields[f].field, value);
+            test_write_file(test_pathf("%s/run.json", dir), text, strlen(text));
+            struct msd_run_record rec = {0};
+            ck_assert_msg(msd_run_read(dir, &rec) == -1, "%s %s: read as steps %ld, ckpt_every %ld, "
+                          "snapshot_every %ld", fields[f].field, value, rec.steps, rec.ckpt_every,
+                          rec.snapshot_every);
+            const char *msg = msd_last_error();
+            ck_assert_msg(strstr(msg, test_pathf("\"%s\"", fields[f].field)) && strstr(msg, fields[f].range) &&
+                          strstr(msg, "run.json"), "%s %s: %s", fields[f].field, value, msg);
+        }
     }
-    const char *good = "{\"data\": \"fmnist\", \"steps\": 1000000000}";
+    const char *good = "{\"data\": \"fmnist\", \"steps\": 1000000000, \"ckpt_every\": 1000000000, "
+                       "\"snapshot_every\": 0}";
     test_write_file(test_pathf("%s/run.json", dir), good, strlen(good));
-    char *data = NULL;
-    long steps = 0;
-    ck_assert_msg(msd_run_read(dir, &data, &steps) == 0, "%s", msd_last_error());
-    ck_assert(steps == 1000000000 && !strcmp(data, "fmnist"));
-    free(data);
+    struct msd_run_record rec;
+    ck_assert_msg(msd_run_read(dir, &rec) == 0, "%s", msd_last_error());
+    ck_assert(rec.steps == 1000000000 && rec.ckpt_every == 1000000000 && rec.snapshot_every == 0 &&
+              !strcmp(rec.data, "fmnist"));
+    free(rec.data);
+    const char *old = "{\"data\": \"fmnist\", \"steps\": 400}";
+    test_write_file(test_pathf("%s/run.json", dir), old, strlen(old));
+    ck_assert_msg(msd_run_read(dir, &rec) == 0, "%s", msd_last_error());
+    ck_assert_msg(rec.steps == 400 && rec.ckpt_every == 0 && rec.snapshot_every == 0, "a run.json without the "
+                  "intervals: steps %ld, ckpt_every %ld, snapshot_every %ld", rec.steps, rec.ckpt_every,
+                  rec.snapshot_every);
+    free(rec.data);
 }
 END_TEST
 
@@ -465,7 +573,8 @@ int main(void) {
     setup(); // before the tests fork: they share the directory and its data
     const TTest *tests[] = {
         sample_deterministic_and_batch_independent, train_then_sample, resume_equals_uninterrupted,
-        sigint_saves_and_resumes, train_bad_input, sample_bad_input, run_json_steps_are_checked,
+        sigint_saves_and_resumes, sigterm_saves_and_resumes, kill_keeps_the_log_header_and_the_save_intervals,
+        train_bad_input, sample_bad_input, run_json_numbers_are_checked,
     };
     return run_tests("workflow", 600, tests, TEST_COUNT(tests));
 }

@@ -2,6 +2,7 @@
 // The loop itself is common/cli/run.c; one step is common/model/train.c.
 #include <float.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,10 @@ const char HELP_TRAIN[] =
     "Train a diffusion model with EDM's (or VP's) loss. A multistage preset trains its shared encoder on\n"
     "every batch and one decoder per batch, the decoder of the batch's noise level. The run folder gets\n"
     "run.json, log.csv, state.safetensors (for --resume) and ema.safetensors (for msdiff sample), all\n"
-    "written atomically. Ctrl-C stops after the current step and saves; --resume continues exactly\n"
-    "(the same weights, bit for bit, as an uninterrupted run on the same backend).\n"
+    "written atomically: a run killed at any point resumes. Ctrl-C (SIGINT) or SIGTERM stops after the\n"
+    "current step and saves; --resume continues exactly (the same weights, bit for bit, as an\n"
+    "uninterrupted run on the same backend). run.json keeps the step target and the save intervals,\n"
+    "which --resume uses unless --steps, --ckpt-every or --snapshot-every is given again (and kept).\n"
     "\n"
     "flags:\n"
     "  --out DIR             the run folder (required)\n"
@@ -46,15 +49,23 @@ const char HELP_TRAIN[] =
     "  --clip X              clip the gradient norm at X (default 0: off, as EDM)\n"
     "  --dropout P           dropout probability (default: the preset's)\n"
     "  --xflip               mirror training images at random\n"
-    "  --ckpt-every N        save state and EMA every N steps (default: a tenth of the run, at most 1000)\n"
-    "  --snapshot-every N    also keep ema-step<N>.safetensors every N steps (default 0: none)\n"
+    "  --ckpt-every N        save state and EMA every N steps (default: a tenth of the run, at most 1000;\n"
+    "                        a resume keeps the run's)\n"
+    "  --snapshot-every N    also keep ema-step<N>.safetensors every N steps (default 0: none; a resume\n"
+    "                        keeps the run's)\n"
     "  --log-seconds S       progress line at least every S seconds (default 5)\n"
     "  --quiet               no progress lines (log.csv is still written)\n"
+    "\n"
+    "exit status: 0 the target step was reached (\"done: ...\"), 1 a failure, 2 a bad command line,\n"
+    "130 or 143 stopped by SIGINT or SIGTERM after saving (\"interrupted at step N ...\" on stderr)\n"
     "\n"
     "examples:\n"
     "  msdiff train --preset mini-ms --steps 2000 --batch 64 --out runs/mini-ms\n"
     "  msdiff train --out runs/mini-ms --resume --steps 4000\n"
     "  msdiff train --preset mini --data cifar10:/data/cifar --steps 100 --out runs/c --loss vp\n";
+
+// --ckpt-every's default: a tenth of the run, from 1 to 1000 steps.
+static long default_ckpt_every(long target) { return target / 10 < 1 ? 1 : target / 10 > 1000 ? 1000 : target / 10; }
 
 // Whether flag was given on the command line.
 static bool given(const struct cli_opt *o, int n, const char *flag) {
@@ -125,7 +136,7 @@ int cmd_train(int argc, char **argv) {
     struct msd_train_state st;
     struct msd_train_opts to;
     char *data_spec = NULL;
-    long target = steps;
+    long target = steps, ckpt = ckpt_every, snap = snapshot_every;
     if (resume) {
         // everything but the length of the run and how it is watched comes from the run folder
         const char *fixed[] = {"--preset", "--data", "--batch", "--decoders", "--boundaries", "--separate",
@@ -134,9 +145,15 @@ int cmd_train(int argc, char **argv) {
         for (int i = 0; i < COUNT(fixed); i++)
             if (given(o, n, fixed[i]))
                 return cli_error("train", "%s cannot change when resuming: the run folder fixes it", fixed[i]);
-        long recorded;
-        if (msd_run_read(out, &data_spec, &recorded) < 0) return cmd_fail();
-        if (!given(o, n, "--steps")) target = recorded;
+        struct msd_run_record rec;
+        if (msd_run_read(out, &rec) < 0) return cmd_fail();
+        data_spec = rec.data;
+        // the recorded target and intervals unless given again (a run.json of an older version has no
+        // ckpt_every: it reads as 0, and the default applies as it did)
+        if (!given(o, n, "--steps")) target = rec.steps;
+        if (!given(o, n, "--ckpt-every")) ckpt = rec.ckpt_every;
+        if (!given(o, n, "--snapshot-every")) snap = rec.snapshot_every;
+        if (!ckpt) ckpt = default_ckpt_every(target);
         char path[4096];
         snprintf(path, sizeof path, "%s/state.safetensors", out);
         if (msd_train_load(path, &m, &st, &to, be) < 0) {
@@ -151,7 +168,9 @@ int cmd_train(int argc, char **argv) {
             return cli_error("train", "the run in %s is already at step %ld, the target is %ld; give a larger "
                              "--steps to continue it", out, at, target);
         }
-        if (target != recorded && msd_run_set_steps(out, target) < 0) {
+        const struct msd_run_opts now = {.steps = target, .ckpt_every = ckpt, .snapshot_every = snap};
+        if ((target != rec.steps || ckpt != rec.ckpt_every || snap != rec.snapshot_every) &&
+            msd_run_update(out, &now) < 0) {
             msd_train_state_free(&st, &m);
             msd_model_free(&m);
             free(data_spec);
@@ -161,6 +180,7 @@ int cmd_train(int argc, char **argv) {
                st.images, target, be->name);
     } else {
         if (!given(o, n, "--steps")) return cli_error("train", "--steps is required for a new run (or add --resume)");
+        if (!ckpt) ckpt = default_ckpt_every(target);
         struct msd_config cfg;
         if (msd_config_preset(&cfg, preset) < 0) return cli_error("train", "--preset: %s", msd_last_error());
         if (decoders.n) {
@@ -220,8 +240,8 @@ int cmd_train(int argc, char **argv) {
         .dir = out,
         .data = data_spec,
         .steps = target,
-        .ckpt_every = ckpt_every ? ckpt_every : (target / 10 < 1 ? 1 : target / 10 > 1000 ? 1000 : target / 10),
-        .snapshot_every = snapshot_every,
+        .ckpt_every = ckpt,
+        .snapshot_every = snap,
         .log_seconds = log_seconds,
         .quiet = quiet,
     };
@@ -235,9 +255,15 @@ int cmd_train(int argc, char **argv) {
     if (rc == 0) rc = msd_run_train(&m, &st, &ds, &to, &r);
     if (rc == 0 && !quiet) printf("done: step %ld, %.0f images; sample with: msdiff sample --model %s/ema.safetensors\n",
                                   st.step, st.images, out);
+    if (rc > 0) { // a signal stopped the run, and it is saved: not done, and not a failure either
+        fflush(stdout);
+        fprintf(stderr, "msdiff train: interrupted at step %ld by %s: state saved in '%s'; continue with --resume\n",
+                st.step, rc == SIGINT ? "SIGINT" : "SIGTERM", out);
+    }
     msd_data_free(&ds);
     msd_train_state_free(&st, &m);
     msd_model_free(&m);
     free(data_spec);
-    return rc == 0 ? 0 : cmd_fail();
+    // a stop by a signal exits as a shell reports a program that signal killed: 128 + its number
+    return rc == 0 ? 0 : rc > 0 ? 128 + rc : cmd_fail();
 }

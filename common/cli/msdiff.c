@@ -82,7 +82,8 @@ static void usage(FILE *out) {
             "commands:\n",
             MSD_VERSION);
     for (int i = 0; i < COUNT(COMMANDS); i++) fprintf(out, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
-    fprintf(out, "\nexit status: 0 success, 1 a failure (a file, a checkpoint, memory), 2 a bad command line\n");
+    fprintf(out, "\nexit status: 0 success, 1 a failure (a file, a checkpoint, memory), 2 a bad command line;\n"
+                 "train: 130 or 143 when SIGINT or SIGTERM stopped it (after saving)\n");
 }
 
 static int print_help(const struct command *c) {

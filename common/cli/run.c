@@ -1,6 +1,7 @@
-// run.c: the training loop of a run folder (run.h): progress, log, checkpoints, SIGINT.
+// run.c: the training loop of a run folder (run.h): progress, log, checkpoints, SIGINT and SIGTERM.
 #include "run.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -13,16 +14,15 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/io/atomic.h"
 #include "common/io/checkpoint.h"
 #include "common/core/error.h"
 #include "common/core/util.h"
 
-static volatile sig_atomic_t stop_requested = 0;
+// The signal that asked the run to stop (SIGINT or SIGTERM), 0 while none has.
+static volatile sig_atomic_t stop_signal = 0;
 
-static void on_sigint(int sig) {
-    (void)sig;
-    stop_requested = 1;
-}
+static void on_stop(int sig) { stop_signal = sig; }
 
 static double now_seconds(void) {
     struct timespec t;
@@ -59,19 +59,36 @@ static int ensure_dir(const char *dir) {
     return 0;
 }
 
-// Write text to path atomically (temp file, fsync, rename), as checkpoints are.
-static int write_text_atomic(const char *path, const char *text) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return msd_set_error("cannot write '%s': %s", tmp, strerror(errno));
-    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) < 0) {
-        remove(tmp);
-        return msd_set_error("cannot write '%s': %s", path, strerror(errno));
+// Remove the temporary files a killed save left in the run folder: "<file>.tmp" of the files a run
+// writes (run.json, log.csv, state.safetensors, state-failed.safetensors, ema.safetensors,
+// ema-step*.safetensors); nothing reads them, and any other .tmp file is not the run's to remove.
+static void remove_stale_tmp(const char *dir) {
+    static const char *const files[] = {"run.json", "log.csv", "state.safetensors", "state-failed.safetensors",
+                                        "ema.safetensors"};
+    DIR *d = opendir(dir);
+    if (!d) return; // the folder was just made or checked; a listing that fails leaves files, loses nothing
+    char path[4200];
+    for (struct dirent *e; (e = readdir(d));) {
+        const size_t n = strlen(e->d_name);
+        if (n < 5 || strcmp(e->d_name + n - 4, ".tmp")) continue;
+        const size_t stem = n - 4;
+        bool ours = stem > 20 && !strncmp(e->d_name, "ema-step", 8) &&
+                    !strncmp(e->d_name + stem - 12, ".safetensors", 12);
+        for (size_t i = 0; i < sizeof files / sizeof files[0] && !ours; i++)
+            ours = stem == strlen(files[i]) && !strncmp(e->d_name, files[i], stem);
+        if (!ours) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        remove(path);
     }
-    return 0;
+    closedir(d);
+}
+
+// log.csv's first line, with its newline.
+static void log_header(const struct msd_model *m, char *buf, size_t size) {
+    int n = snprintf(buf, size, "step,images,loss");
+    for (int s = 0; s < m->cfg.n_stages; s++) n += snprintf(buf + n, size - (size_t)n, ",loss_stage%d", s);
+    n += snprintf(buf + n, size - (size_t)n, ",lr,grad_norm,images_per_s,seconds\n");
+    CHECK(n > 0 && (size_t)n < size, "log header of %d stages does not fit %zu bytes", m->cfg.n_stages, size);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -86,13 +103,13 @@ int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, co
         return msd_set_error("run folder '%s' already holds a run (state.safetensors): add --resume to continue "
                              "it, or choose another --out",
                              r->dir);
-    path_in(path, sizeof path, r->dir, "log.csv"); // a log left without a state belongs to no run
-    remove(path);
     char *config = msd_config_to_json(&m->cfg);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddItemToObject(j, "config", cJSON_Parse(config));
     cJSON_AddStringToObject(j, "data", r->data);
     cJSON_AddNumberToObject(j, "steps", (double)r->steps);
+    cJSON_AddNumberToObject(j, "ckpt_every", (double)r->ckpt_every);
+    cJSON_AddNumberToObject(j, "snapshot_every", (double)r->snapshot_every);
     cJSON_AddNumberToObject(j, "batch", o->batch);
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
@@ -101,8 +118,16 @@ int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, co
     cJSON_Delete(j);
     free(config);
     path_in(path, sizeof path, r->dir, "run.json");
-    int rc = write_text_atomic(path, text);
+    int rc = msd_write_file_atomic(path, text, strlen(text));
     free(text);
+    // the log starts as its header, on disk before the first step (it replaces a log left without a
+    // state, which belongs to no run)
+    if (rc == 0) {
+        char header[1024];
+        log_header(m, header, sizeof header);
+        path_in(path, sizeof path, r->dir, "log.csv");
+        rc = msd_write_file_atomic(path, header, strlen(header));
+    }
     return rc;
 }
 
@@ -120,8 +145,8 @@ static cJSON *read_run_json(const char *dir, char *path, size_t size) {
     fclose(f);
     buf[n] = '\0';
     cJSON *j = cJSON_Parse(buf);
-    cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "data"), *s = cJSON_GetObjectItemCaseSensitive(j, "steps");
-    if (!cJSON_IsString(d) || !cJSON_IsNumber(s)) {
+    // the numbers are checked where they are read (read_count)
+    if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "data"))) {
         cJSON_Delete(j);
         msd_set_error("'%s': expected a JSON object with \"data\" (string) and \"steps\" (number)", path);
         return NULL;
@@ -129,31 +154,57 @@ static cJSON *read_run_json(const char *dir, char *path, size_t size) {
     return j;
 }
 
-int msd_run_read(const char *dir, char **data, long *steps) {
+// The step count run.json holds under key, as *out: a whole number from lo to 10^9 (the range of
+// msdiff train's flag), checked before the conversion since a double beyond long's range (1e300)
+// would make the cast undefined. An absent key leaves *out alone when optional.
+static int read_count(const cJSON *j, const char *path, const char *key, bool optional, long lo, const char *flag,
+                      long *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!v && optional) return 0;
+    if (!cJSON_IsNumber(v))
+        return msd_set_error("'%s': \"%s\" is not a number, expected a whole number of steps from %ld to "
+                             "1000000000 (the range of msdiff train %s)", path, key, lo, flag);
+    const double s = v->valuedouble;
+    if (!(s >= lo && s <= 1e9 && s == floor(s)))
+        return msd_set_error("'%s': \"%s\" is %.17g, expected a whole number of steps from %ld to 1000000000 "
+                             "(the range of msdiff train %s)", path, key, s, lo, flag);
+    *out = (long)s;
+    return 0;
+}
+
+int msd_run_read(const char *dir, struct msd_run_record *rec) {
     char path[4096];
     cJSON *j = read_run_json(dir, path, sizeof path);
     if (!j) return -1;
-    // checked before the conversion: a double beyond long's range (1e300) would make the cast undefined
-    const double s = cJSON_GetObjectItemCaseSensitive(j, "steps")->valuedouble;
-    if (!(s >= 1 && s <= 1e9 && s == floor(s))) {
+    struct msd_run_record got = {0}; // the intervals stay 0 where an older run.json has none
+    if (read_count(j, path, "steps", false, 1, "--steps", &got.steps) < 0 ||
+        read_count(j, path, "ckpt_every", true, 1, "--ckpt-every", &got.ckpt_every) < 0 ||
+        read_count(j, path, "snapshot_every", true, 0, "--snapshot-every", &got.snapshot_every) < 0) {
         cJSON_Delete(j);
-        return msd_set_error("'%s': \"steps\" is %.17g, expected a whole number of steps from 1 to 1000000000 "
-                             "(the range of msdiff train --steps)", path, s);
+        return -1;
     }
-    *data = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "data")->valuestring);
-    *steps = (long)s;
+    got.data = xstrdup(cJSON_GetObjectItemCaseSensitive(j, "data")->valuestring);
+    *rec = got;
     cJSON_Delete(j);
     return 0;
 }
 
-int msd_run_set_steps(const char *dir, long steps) {
+// Set key of j to the number x, adding it when j has none (a run.json of an older version).
+static void set_number(cJSON *j, const char *key, long x) {
+    if (cJSON_GetObjectItemCaseSensitive(j, key)) cJSON_ReplaceItemInObjectCaseSensitive(j, key, cJSON_CreateNumber(x));
+    else cJSON_AddNumberToObject(j, key, (double)x);
+}
+
+int msd_run_update(const char *dir, const struct msd_run_opts *r) {
     char path[4096];
     cJSON *j = read_run_json(dir, path, sizeof path);
     if (!j) return -1;
-    cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(j, "steps"), (double)steps);
+    set_number(j, "steps", r->steps);
+    set_number(j, "ckpt_every", r->ckpt_every);
+    set_number(j, "snapshot_every", r->snapshot_every);
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
-    int rc = write_text_atomic(path, text);
+    int rc = msd_write_file_atomic(path, text, strlen(text));
     free(text);
     return rc;
 }
@@ -164,8 +215,6 @@ int msd_run_set_steps(const char *dir, long steps) {
 static int save_all(struct msd_model *m, struct msd_train_state *st, const struct msd_train_opts *o,
                     const struct msd_run_opts *r, bool snapshot) {
     char path[4096];
-    path_in(path, sizeof path, r->dir, "state.safetensors");
-    if (msd_train_save(path, m, st, o) < 0) return -1;
     // the EMA as a sampling checkpoint: swap it in as the weights for the save
     float *w = m->w;
     m->w = st->ema;
@@ -181,6 +230,10 @@ static int save_all(struct msd_model *m, struct msd_train_state *st, const struc
         rc = msd_checkpoint_save(m, path, keys, values, 1);
     }
     m->w = w;
+    // the state last: a kill before it leaves the state of the previous save, and the resumed run
+    // writes this step's EMA files again
+    path_in(path, sizeof path, r->dir, "state.safetensors");
+    if (rc == 0) rc = msd_train_save(path, m, st, o);
     return rc;
 }
 
@@ -236,41 +289,50 @@ static void report(struct progress *p, const struct msd_model *m, const struct m
     memset(p->stage_count, 0, sizeof p->stage_count);
 }
 
-// Open log.csv for appending: a new log gets its header; a resumed one first loses the rows past
-// the step the state was saved at (a hard kill between a row and the next checkpoint leaves such
-// rows, which the resumed run writes again).
+// Whether line (ending in '\n') is a row of the log: a step count from 1, then a comma. *step gets it.
+static bool log_row(const char *line, long *step) {
+    if (line[0] < '1' || line[0] > '9') return false;
+    char *end;
+    errno = 0;
+    *step = strtol(line, &end, 10);
+    return errno == 0 && *end == ',' && line[strlen(line) - 1] == '\n';
+}
+
+// Rewrite log.csv as its header and its rows up to saved_step, then open it for appending. Rows past
+// the step the state was saved at go: a hard kill between a row and the next checkpoint leaves such
+// rows, which the resumed run writes again. Whatever is not a whole row in step order goes too: a
+// line a full disk cut short, and a first line that is not the header (a log of an older version that
+// a kill left empty, then resumed without one), so every log starts with its header. The rewrite is
+// atomic and durable, so a kill leaves the old log or the new one.
 static FILE *open_log(const struct msd_model *m, const struct msd_run_opts *r, long saved_step) {
-    char path[4096], tmp[4200];
+    char path[4096], header[1024];
     path_in(path, sizeof path, r->dir, "log.csv");
+    log_header(m, header, sizeof header);
     FILE *old = fopen(path, "r");
+    struct stat sb;
+    // the kept rows are at most the old file
+    size_t len = strlen(header), cap = len + (old && fstat(fileno(old), &sb) == 0 ? (size_t)sb.st_size : 0);
+    char *text = xmalloc(cap + 1);
+    memcpy(text, header, len);
     if (old) {
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        FILE *keep = fopen(tmp, "w");
-        if (!keep) {
-            fclose(old);
-            msd_set_error("cannot write '%s': %s", tmp, strerror(errno));
-            return NULL;
+        char *line = NULL;
+        size_t line_cap = 0;
+        long last = 0, step;
+        for (ssize_t n; (n = getline(&line, &line_cap, old)) > 0;) {
+            if (!log_row(line, &step) || step <= last || step > saved_step) continue;
+            last = step;
+            if (len + (size_t)n > cap) break; // a file that grew while it was read: keep what fits
+            memcpy(text + len, line, (size_t)n);
+            len += (size_t)n;
         }
-        char line[4096];
-        for (int row = 0; fgets(line, sizeof line, old); row++)
-            if (row == 0 || strtol(line, NULL, 10) <= saved_step) fputs(line, keep);
+        free(line);
         fclose(old);
-        if (fclose(keep) != 0 || rename(tmp, path) < 0) {
-            remove(tmp);
-            msd_set_error("cannot rewrite the log '%s': %s", path, strerror(errno));
-            return NULL;
-        }
     }
+    const int rc = msd_write_file_atomic(path, text, len);
+    free(text);
+    if (rc < 0) return NULL;
     FILE *f = fopen(path, "a");
-    if (!f) {
-        msd_set_error("cannot open the log '%s': %s", path, strerror(errno));
-        return NULL;
-    }
-    if (!old) {
-        fprintf(f, "step,images,loss");
-        for (int s = 0; s < m->cfg.n_stages; s++) fprintf(f, ",loss_stage%d", s);
-        fprintf(f, ",lr,grad_norm,images_per_s,seconds\n");
-    }
+    if (!f) msd_set_error("cannot open the log '%s': %s", path, strerror(errno));
     return f;
 }
 
@@ -281,19 +343,21 @@ int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct 
                   const struct msd_train_opts *o, const struct msd_run_opts *r) {
     if (dir_ok(r->dir) < 0 || ensure_dir(r->dir) < 0) return -1;
     if (msd_model_plan(m, o->batch, true) < 0) return -1;
+    remove_stale_tmp(r->dir);
     struct progress p = {0};
     p.csv = open_log(m, r, st->step);
     if (!p.csv) return -1;
     p.t_start = p.t_last = now_seconds();
     p.step_start = st->step;
-    stop_requested = 0;
-    struct sigaction sa = {0}, old;
-    sa.sa_handler = on_sigint;
+    stop_signal = 0;
+    // SA_RESTART: a signal during a save must not fail one of its calls with EINTR
+    struct sigaction sa = {.sa_handler = on_stop, .sa_flags = SA_RESTART}, old_int, old_term;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     int rc = 0;
     long saved = -1; // the step of the last save
-    while (st->step < r->steps && !stop_requested) {
+    while (st->step < r->steps && !stop_signal) {
         struct msd_step_info info;
         if (msd_train_step(m, st, data, o, &info) < 0) {
             // the weights are those from before the failing step: save them for a look or a resume
@@ -317,7 +381,7 @@ int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct 
         p.stage_count[info.stage]++;
         p.grad_sum += info.grad_norm;
         p.lr = info.lr;
-        const bool last = st->step == r->steps || stop_requested;
+        const bool last = st->step == r->steps || stop_signal;
         if (last || now_seconds() - p.t_last >= r->log_seconds) report(&p, m, st, r);
         const bool snap = r->snapshot_every > 0 && st->step % r->snapshot_every == 0;
         if (last || snap || (r->ckpt_every > 0 && st->step % r->ckpt_every == 0)) {
@@ -332,9 +396,9 @@ int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct 
         report(&p, m, st, r);
         rc = save_all(m, st, o, r, false);
     }
-    sigaction(SIGINT, &old, NULL);
-    if (rc == 0 && stop_requested && !r->quiet)
-        printf("interrupted at step %ld: state saved in '%s'; continue with --resume\n", st->step, r->dir);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     fclose(p.csv);
+    if (rc == 0 && st->step < r->steps) rc = stop_signal; // saved: the caller says so and how to go on
     return rc;
 }

@@ -1,4 +1,4 @@
-// atomic.c: the temporary path, the directory sync and the stdio writer of atomic.h.
+// atomic.c: the temporary path, the directory sync and the two writers of atomic.h.
 #include "atomic.h"
 
 #include <errno.h>
@@ -70,4 +70,11 @@ int msd_atomic_close(struct msd_atomic_file *a) {
     free(a->path), free(a->tmp);
     a->f = NULL, a->path = a->tmp = NULL;
     return rc;
+}
+
+int msd_write_file_atomic(const char *path, const void *bytes, size_t n) {
+    struct msd_atomic_file a;
+    if (msd_atomic_open(&a, path) < 0) return -1;
+    fwrite(bytes, 1, n, a.f); // a short write leaves the stream's error flag set: msd_atomic_close reports it
+    return msd_atomic_close(&a);
 }
