@@ -346,7 +346,11 @@ START_TEST(denoise_bad_input) {
           "1", "--out", out);
     const char *junk = test_path("junk.safetensors"), *text = "this is not a safetensors file";
     test_write_file(junk, text, strlen(text));
-    FAILS(1, "junk.safetensors", "denoise", "--model", ck, "--input", junk, "--sigma", "1", "--out", out);
+    // the input's messages call it the input, never a checkpoint
+    r = MSDIFF("denoise", "--model", ck, "--input", junk, "--sigma", "1", "--out", out);
+    TEST_EXPECT_FAIL(&r, 1, test_pathf("input '%s': ", junk));
+    ck_assert_msg(!strstr(r.err, "checkpoint"), "the input is called a checkpoint: %s", r.err);
+    test_run_free(&r);
     ck_assert_msg(!test_exists(out), "a failed denoise wrote %s", out);
 }
 END_TEST

@@ -90,7 +90,7 @@ int cmd_denoise(int argc, char **argv) {
     if (msd_checkpoint_load(&m, model, be)) return cmd_fail();
     const struct msd_config *c = &m.cfg;
     struct msd_st_file f;
-    if (msd_st_read(&f, input)) {
+    if (msd_st_read_as(&f, input, "input")) {
         msd_model_free(&m);
         return cmd_fail();
     }

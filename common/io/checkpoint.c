@@ -158,7 +158,7 @@ int msd_model_load_tensors(struct msd_model *m, const struct msd_st_file *f) {
 int msd_checkpoint_load(struct msd_model *m, const char *path, const struct msd_backend *be) {
     memset(m, 0, sizeof *m);
     struct msd_st_file f;
-    if (msd_st_read(&f, path) < 0) return -1;
+    if (msd_st_read_as(&f, path, "checkpoint") < 0) return -1;
     const char *json = msd_st_meta(&f, "config");
     if (!json) {
         msd_st_free(&f);

@@ -379,7 +379,7 @@ int msd_train_load(const char *path, struct msd_model *m, struct msd_train_state
     memset(m, 0, sizeof *m);
     memset(st, 0, sizeof *st);
     struct msd_st_file f;
-    if (msd_st_read(&f, path) < 0) return -1;
+    if (msd_st_read_as(&f, path, "training state") < 0) return -1;
     const char *config = msd_st_meta(&f, "config"), *train = msd_st_meta(&f, "train");
     const char *step = msd_st_meta(&f, "step"), *images = msd_st_meta(&f, "images");
     const char *adam = msd_st_meta(&f, "adam_steps");
