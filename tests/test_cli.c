@@ -4,6 +4,7 @@
 // info --model, export --fp16 against the F16 rounding, denoise against msd_denoise_forward called in this process (bit for bit), and every
 // bad command line a user is likely to type. Also the strict number parsing of common/cli/cli.h.
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -351,6 +352,13 @@ START_TEST(denoise_bad_input) {
     TEST_EXPECT_FAIL(&r, 1, test_pathf("input '%s': ", junk));
     ck_assert_msg(!strstr(r.err, "checkpoint"), "the input is called a checkpoint: %s", r.err);
     test_run_free(&r);
+    // a NaN in x would come back as a NaN in D: refused, naming the element
+    float x[2 * IMG];
+    fill_normal(x, 2 * IMG, 6, 1.0f);
+    x[37] = NAN;
+    const struct msd_st_entry e = {.name = "x", .ndim = 4, .shape = {2, 2, 8, 8}, .data = x};
+    ck_assert_msg(msd_st_write(junk, &e, 1, NULL, NULL, 0) == 0, "%s", msd_last_error());
+    FAILS(1, "\"x\" element 37 is nan", "denoise", "--model", ck, "--input", junk, "--sigma", "1", "--out", out);
     ck_assert_msg(!test_exists(out), "a failed denoise wrote %s", out);
 }
 END_TEST

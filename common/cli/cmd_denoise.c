@@ -24,8 +24,8 @@ const char HELP_DENOISE[] =
     "Apply a checkpoint's denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) to noisy images,\n"
     "all at the noise level sigma (the stage whose range holds sigma does the work; dropout off).\n"
     "The input file must hold a tensor \"x\" (F32, F16 or BF16) of shape (N, C, R, R), with C and R\n"
-    "the model's image channels and resolution. The output holds \"D\" (F32) of the same shape, with\n"
-    "metadata \"sigma\" (the value) and \"model\" (the checkpoint path).\n"
+    "the model's image channels and resolution, and only finite values. The output holds \"D\" (F32)\n"
+    "of the same shape, with metadata \"sigma\" (the value) and \"model\" (the checkpoint path).\n"
     "\n"
     "flags:\n"
     "  --model FILE     the checkpoint (required)\n"
@@ -120,6 +120,10 @@ int cmd_denoise(int argc, char **argv) {
     const size_t total = (size_t)N * C * R * R;
     float *x = xmalloc(total * sizeof(float)), *D = xmalloc(total * sizeof(float));
     rc = msd_st_get_f32(&f, "x", 4, shape, x);
+    for (size_t i = 0; rc == 0 && i < total; i++) // a NaN in x would only come back as a NaN in D
+        if (!isfinite(x[i]))
+            rc = msd_set_error("input '%s': tensor \"x\" element %zu is %g; expected finite values", input, i,
+                               (double)x[i]);
     msd_st_free(&f);
     const int B = batch > 0 && batch < N ? batch : N;
     if (rc == 0) rc = denoise_chunks(&m, D, x, N, B, sigma);
