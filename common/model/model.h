@@ -145,7 +145,9 @@ void msd_model_init_weights(struct msd_model *m, uint64_t seed);
 // initial values, xavier-uniform ones from (seed, MSD_STREAM_INIT, offset + i), the others 0 or 1.
 void msd_params_init(const struct msd_param *params, int n_params, float *host, uint64_t seed);
 // Plan the activation arena for batch size N (re-plans when N changes); with_grad also allocates the
-// gradient buffer and the backward scratch. -1 with a message when memory runs out.
+// gradient buffer and the backward scratch. -1 with a message when memory runs out: the size asked
+// for, the batch and the backend; what to do about it (a smaller --batch, or not, on --resume) is the
+// command's to add.
 int msd_model_plan(struct msd_model *m, int N, bool with_grad);
 
 // The batch size the activations are planned for (0 when unplanned).
