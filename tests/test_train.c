@@ -1,7 +1,7 @@
 // test_train.c: the training step and its state: which stages the policies train and how often,
 // that training lowers a held-out loss, that only the routed decoder moves, that a resumed run
-// equals an uninterrupted one bit for bit, and that a state file is checked before it is used and a
-// state with a NaN is never saved.
+// equals an uninterrupted one bit for bit, that a state file is checked before it is used and a
+// state with a NaN is never saved, and what a run folder keeps when training goes wrong.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/cli/run.h"
 #include "common/core/backend.h"
 #include "common/core/error.h"
 #include "common/model/model.h"
@@ -504,13 +505,79 @@ START_TEST(saves_refuse_nonfinite_values) {
 }
 END_TEST
 
+// ---------------------------------------------------------------------------------------------------
+// A run folder (common/cli/run.h) when training goes wrong
+
+// The output bias of every decoder at 3e38, finite but so large that D, and the loss, overflow.
+static void blow_up(struct msd_model *m) {
+    for (int s = 0; s < m->cfg.n_stages; s++)
+        for (int c = 0; c < m->dec[s].aux_conv.cout; c++) m->w[m->dec[s].aux_conv.b + c] = 3e38f;
+}
+
+// msd_run_train on the bars in `dir` up to `steps`, quietly; its result.
+static int run_to(struct msd_model *m, struct msd_train_state *st, const struct msd_train_opts *o,
+                  const char *dir, long steps) {
+    struct msd_dataset data;
+    synthetic(&data, 64, 9);
+    const struct msd_run_opts r = {.dir = dir, .data = "bars", .steps = steps, .log_seconds = 1e9, .quiet = true};
+    msd_clear_error();
+    const int rc = msd_run_train(m, st, &data, o, &r);
+    msd_data_free(&data);
+    return rc;
+}
+
+// A failed step saves the state before it as state-failed.safetensors and says that state.safetensors
+// is the last checkpoint only when there is one. A state gone non-finite in memory (here the EMA) is
+// not saved: the run fails and the last checkpoint, state and EMA, keeps its bytes.
+START_TEST(run_failures_keep_the_last_checkpoint) {
+    struct trainer t;
+    trainer_init(&t, 0.0f, 7, 4);
+    const char *fresh = test_subdir("fresh"), *run = test_subdir("run");
+    blow_up(&t.m);
+    ck_assert_msg(run_to(&t.m, &t.st, &t.o, fresh, 3) == -1, "a step with an infinite loss passed");
+    const char *msg = msd_last_error();
+    ck_assert_msg(strstr(msg, "step 0: the loss is") && strstr(msg, "no checkpoint was saved before it") &&
+                      !strstr(msg, "is the last checkpoint"), "message: %s", msg);
+    ck_assert_msg(test_exists(test_pathf("%s/state-failed.safetensors", fresh)) &&
+                      !test_exists(test_pathf("%s/state.safetensors", fresh)), "%s holds the wrong files", fresh);
+    trainer_free(&t);
+
+    trainer_init(&t, 0.0f, 7, 4);
+    ck_assert_msg(run_to(&t.m, &t.st, &t.o, run, 1) == 0, "%s", msd_last_error());
+    const char *state = test_pathf("%s/state.safetensors", run), *ema = test_pathf("%s/ema.safetensors", run);
+    size_t n_state, n_ema, n;
+    char *state_bytes = test_read_file(state, &n_state), *ema_bytes = test_read_file(ema, &n_ema), *now;
+    t.st.ema[11] = NAN;
+    ck_assert_msg(run_to(&t.m, &t.st, &t.o, run, 2) == -1, "a NaN in the EMA was saved");
+    const char *why = msd_last_error();
+    ck_assert_msg(strstr(why, "tensor 'ema' element 11") && strstr(why, "nothing was written"), "message: %s", why);
+    now = test_read_file(state, &n);
+    ck_assert_msg(n == n_state && !memcmp(now, state_bytes, n), "state.safetensors changed");
+    free(now);
+    now = test_read_file(ema, &n);
+    ck_assert_msg(n == n_ema && !memcmp(now, ema_bytes, n), "ema.safetensors changed");
+    free(now);
+    trainer_free(&t);
+
+    // resumed from the last checkpoint, a failing step names it
+    ck_assert_msg(msd_train_load(state, &t.m, &t.st, &t.o, be) == 0, "%s", msd_last_error());
+    blow_up(&t.m);
+    ck_assert_msg(run_to(&t.m, &t.st, &t.o, run, 3) == -1, "a step with an infinite loss passed");
+    ck_assert_msg(strstr(msd_last_error(), "step 1: the loss is") &&
+                      strstr(msd_last_error(), "(state.safetensors is the last checkpoint)"), "message: %s",
+                  msd_last_error());
+    free(state_bytes), free(ema_bytes);
+    trainer_free(&t);
+}
+END_TEST
+
 int main(void) {
     test_tmpdir_make("train");
     const TTest *tests[] = {
         lognormal_frequencies, uniform_frequencies, vp_frequencies, restricted_law,
         only_the_routed_decoder_moves, resume_is_exact, training_lowers_heldout_loss,
         state_numbers_are_checked, state_batch_is_bounded, state_values_are_checked_before_use,
-        saves_refuse_nonfinite_values,
+        saves_refuse_nonfinite_values, run_failures_keep_the_last_checkpoint,
     };
     return run_tests("train", 300, tests, TEST_COUNT(tests));
 }
