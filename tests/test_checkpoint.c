@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/core/backend.h"
 #include "common/io/checkpoint.h"
@@ -183,14 +184,29 @@ static void write_image_st(const char *path, const struct rt *t, int n, const ch
     free(e);
 }
 
+// ref with the largest allocation recorded: whatever its config says, a load may allocate no more
+// than the file holds (its tensors are checked against the config before the weights are allocated).
+static size_t largest_alloc; // floats
+static float *recording_alloc(size_t n) {
+    if (n > largest_alloc) largest_alloc = n;
+    return msd_backend_ref.alloc(n);
+}
+
 // Load path and expect -1, a message naming the file and holding every word of words (NULL-ended),
-// and an empty model.
+// an empty model, and no allocation larger than the file.
 static void expect_load_fails(const char *path, const char *what, const char *const *words) {
     struct msd_model m;
     memset(&m, 0xab, sizeof m); // the loader must empty it whatever it held
+    struct msd_backend recording = msd_backend_ref;
+    recording.alloc = recording_alloc;
+    largest_alloc = 0;
     msd_clear_error();
-    int rc = msd_checkpoint_load(&m, path, be);
+    int rc = msd_checkpoint_load(&m, path, &recording);
     const char *msg = msd_last_error();
+    struct stat sb;
+    const size_t bytes = stat(path, &sb) == 0 ? (size_t)sb.st_size : 0;
+    ck_assert_msg(largest_alloc * sizeof(float) <= bytes, "%s: the load allocated %zu floats, the file has %zu "
+                  "bytes", what, largest_alloc, bytes);
     ck_assert_msg(rc == -1, "%s: msd_checkpoint_load returned %d (message '%s')", what, rc, msg);
     ck_assert_msg(strstr(msg, path) != NULL, "%s: message '%s' does not name the file %s", what, msg, path);
     for (int i = 0; words[i]; i++)
@@ -586,6 +602,18 @@ static void set_filter(struct bad_file *b, const struct bad_case *c) {
     write_edited(b);
 }
 
+// Element `at` of a tensor set to values[0] (a NaN, an infinity) in a copy of its bytes.
+static void set_value(struct bad_file *b, const struct bad_case *c) {
+    struct rt *t = image_find(&b->im, c->tensor);
+    float *copy = malloc(t->bytes);
+    ck_assert(copy != NULL && (size_t)c->at < t->bytes / sizeof *copy);
+    memcpy(copy, t->data, t->bytes);
+    copy[c->at] = c->values[0];
+    t->data = (const unsigned char *)copy;
+    write_edited(b);
+    free(copy);
+}
+
 // A filter on a conv that does not resample: not a buffer EDM has.
 static void stray_filter(struct bad_file *b, const struct bad_case *c) {
     struct rt *stray = &b->im.t[b->im.n];
@@ -600,6 +628,7 @@ static void stray_filter(struct bad_file *b, const struct bad_case *c) {
 // EDM's box filter is 0.25 everywhere: three ways to miss it
 static const float HALF[4] = {0.25f, 0.25f, 0.25f, 0.5f}, ONES[4] = {1, 1, 1, 1};
 static const float NEG[4] = {0.25f, 0.25f, 0.25f, -0.25f};
+static const float NAN1[1] = {NAN}, INF1[1] = {INFINITY}, NEG_INF1[1] = {-INFINITY};
 
 static const struct bad_case BAD[] = {
     // the file layer: cut short (past the header the first tensor whose bytes are missing is out of
@@ -665,6 +694,24 @@ static const struct bad_case BAD[] = {
     {"tiny config, extra decoder", "tiny", add_decoder1, .words = {"unexpected tensor 'model.decs.1."}},
     {"decoder 1 widened", "tiny-ms", edit_config, .text = "\"decoders\":[8,4]", .with = "\"decoders\":[8,8]",
      .words = {"model.decs.1.", "shape"}},
+    // a config that asks for far more than the file holds: refused by the validator's limits, by the
+    // parameter count, or by the first tensor it does not find, before any weight is allocated
+    {"model_channels 2048", "tiny-ms", edit_config, .text = "\"model_channels\":8,\"channel_mult\":[1,2]",
+     .with = "\"model_channels\":2048,\"channel_mult\":[8,8]", .words = {"model_channels = 2048", "4..1024"}},
+    {"2.4G parameters", "tiny", edit_config, .text = "\"model_channels\":8,\"channel_mult\":[1,2]",
+     .with = "\"model_channels\":1024,\"channel_mult\":[16,16]", .words = {"parameters, more than"}},
+    {"decoder width 1024", "tiny", edit_config, .text = "\"gn_groups\":16,\"gn_min_channels\":4,\"decoders\":[8]",
+     .with = "\"gn_groups\":8,\"gn_min_channels\":4,\"decoders\":[1024]", .words = {"model.dec.", "shape"}},
+    {"separate, decoder width 1024", "tiny", edit_config,
+     .text = "4,\"decoders\":[8],\"boundaries\":[],\"separate\":false",
+     .with = "1024,\"decoders\":[1024],\"boundaries\":[],\"separate\":true", .words = {"no tensor 'model.nets.0."}},
+    // weights that are not finite: the tensor and the first bad element
+    {"a NaN weight", "tiny", set_value, .tensor = "model.enc.8x8_conv.weight", .at = 17, .values = NAN1,
+     .words = {"tensor 'model.enc.8x8_conv.weight' element 17 is nan", "expected finite weights"}},
+    {"an infinite bias", "tiny-ms", set_value, .tensor = "model.decs.1.8x8_aux_conv.bias", .at = 1, .values = INF1,
+     .words = {"tensor 'model.decs.1.8x8_aux_conv.bias' element 1 is inf"}},
+    {"a -inf GroupNorm scale", "tiny", set_value, .tensor = "model.dec.4x4_in0.norm0.weight", .at = 0,
+     .values = NEG_INF1, .words = {"element 0 is -inf"}},
     // EDM's resample filters: wrong values, the wrong shape, and a filter where EDM has none
     {"filter 0 ending in 0.5", "tiny-ms", set_filter, .tensor = FILTER0, .values = HALF,
      .words = {FILTER0, "box filter", "0.25"}},

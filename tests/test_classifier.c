@@ -410,8 +410,10 @@ START_TEST(bad_files) {
     expect_load_fails(test_path("nofield.safetensors"), "\"classifier\".res", "missing");
     write_variant(test_path("notjson.safetensors"), &c, NULL, NULL, false, "[1, 2");
     expect_load_fails(test_path("notjson.safetensors"), "not a JSON object", NULL);
-    write_variant(test_path("missing.safetensors"), &c, "fc.bias", NULL, false, good_json);
-    expect_load_fails(test_path("missing.safetensors"), "fc.bias", NULL);
+    // a tensor missing, in a message that calls the file a classifier
+    const char *missing = test_path("missing.safetensors");
+    write_variant(missing, &c, "fc.bias", NULL, false, good_json);
+    expect_load_fails(missing, "fc.bias", test_pathf("classifier '%s': ", missing));
     write_variant(test_path("shape.safetensors"), &c, NULL, "head.weight", false, good_json);
     expect_load_fails(test_path("shape.safetensors"), "head.weight", NULL);
     write_variant(test_path("extra.safetensors"), &c, NULL, NULL, true, good_json);
@@ -419,8 +421,9 @@ START_TEST(bad_files) {
     // a truncated file
     size_t len;
     char *bytes = test_read_file(good, &len);
-    test_write_file(test_path("cut.safetensors"), bytes, len / 2);
-    expect_load_fails(test_path("cut.safetensors"), NULL, NULL);
+    const char *cut = test_path("cut.safetensors");
+    test_write_file(cut, bytes, len / 2);
+    expect_load_fails(cut, test_pathf("classifier '%s': ", cut), "truncated");
 
     // a save that fails (its temp file cannot be created) leaves the existing file as it was
     ck_assert(mkdir(test_pathf("%s.tmp", good), 0777) == 0);

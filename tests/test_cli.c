@@ -2,7 +2,8 @@
 // repository root; make builds ./msdiff first) and checks exit statuses, what it prints and the
 // files it writes. info against the paper's counts, init's determinism and its round trip through
 // info --model, export --fp16 against the F16 rounding, denoise against msd_denoise_forward called in this process (bit for bit), and every
-// bad command line a user is likely to type. Also the strict number parsing of common/cli/cli.h.
+// bad command line a user is likely to type; what train says when a batch does not fit, new or
+// resumed. Also the strict number parsing of common/cli/cli.h.
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include "common/io/checkpoint.h"
 #include "common/io/png.h"
 #include "common/cli/cli.h"
+#include "common/cli/run.h"
 #include "common/model/config.h"
 #include "common/core/error.h"
 #include "common/model/precond.h"
@@ -349,7 +351,18 @@ START_TEST(denoise_bad_input) {
           "1", "--out", out);
     const char *junk = test_path("junk.safetensors"), *text = "this is not a safetensors file";
     test_write_file(junk, text, strlen(text));
-    FAILS(1, "junk.safetensors", "denoise", "--model", ck, "--input", junk, "--sigma", "1", "--out", out);
+    // the input's messages call it the input, never a checkpoint
+    r = MSDIFF("denoise", "--model", ck, "--input", junk, "--sigma", "1", "--out", out);
+    TEST_EXPECT_FAIL(&r, 1, test_pathf("input '%s': ", junk));
+    ck_assert_msg(!strstr(r.err, "checkpoint"), "the input is called a checkpoint: %s", r.err);
+    test_run_free(&r);
+    // a NaN in x would come back as a NaN in D: refused, naming the element
+    float x[2 * IMG];
+    fill_normal(x, 2 * IMG, 6, 1.0f);
+    x[37] = NAN;
+    const struct msd_st_entry e = {.name = "x", .ndim = 4, .shape = {2, 2, 8, 8}, .data = x};
+    ck_assert_msg(msd_st_write(junk, &e, 1, NULL, NULL, 0) == 0, "%s", msd_last_error());
+    FAILS(1, "\"x\" element 37 is nan", "denoise", "--model", ck, "--input", junk, "--sigma", "1", "--out", out);
     ck_assert_msg(!test_exists(out), "a failed denoise wrote %s", out);
 }
 END_TEST
@@ -534,6 +547,58 @@ START_TEST(sample_outputs_checked_first) {
 END_TEST
 
 // ---------------------------------------------------------------------------------------------------
+// Out of memory for a batch
+
+// `./msdiff args` under a cap of 1.5 GB of address space, so that a batch of 65536 images fails to
+// plan on any machine (mini needs tens of GB for it).
+static struct test_run msdiff_capped(const char *args) {
+    char cmd[1100];
+    snprintf(cmd, sizeof cmd, "ulimit -v 1500000 && exec ./msdiff %s", args);
+    return test_run_argv((const char *const[]){"/bin/sh", "-c", cmd, NULL});
+}
+
+// Planning a batch that does not fit: a new run is told to try a smaller --batch and leaves no run
+// folder behind; a resumed run, whose batch its state fixes (and which refuses --batch), is told so
+// instead, and is never pointed at --batch.
+START_TEST(train_batch_out_of_memory) {
+#if defined(__SANITIZE_ADDRESS__)
+    printf("train_batch_out_of_memory: SKIPPED, AddressSanitizer needs more address space than the cap\n");
+    return;
+#endif
+    const char *fresh = test_path("oom-new"), *resumed = test_subdir("oom-resume");
+    char args[1024];
+    snprintf(args, sizeof args, "train --preset mini --steps 2 --batch 65536 --quiet --out %s", fresh);
+    struct test_run r = msdiff_capped(args);
+    TEST_EXPECT_FAIL(&r, 1, "activations for a batch of 65536 images", "try a smaller --batch");
+    test_run_free(&r);
+    ck_assert_msg(!test_exists(fresh), "the failed run left %s behind", fresh);
+
+    // a run whose state holds a batch of 65536, as a run started on a larger machine would
+    struct msd_config c;
+    struct msd_model m;
+    struct msd_train_state st;
+    struct msd_train_opts o;
+    ck_assert(msd_config_preset(&c, "mini") == 0 && msd_model_create(&m, &c, &msd_backend_ref) == 0);
+    msd_model_init_weights(&m, 1);
+    ck_assert(msd_train_state_init(&st, &m) == 0);
+    msd_train_defaults(&o);
+    o.batch = 65536;
+    const struct msd_run_opts ro = {.dir = resumed, .data = "fmnist", .steps = 2};
+    ck_assert_msg(msd_run_create(&m, &o, &ro) == 0, "%s", msd_last_error());
+    ck_assert_msg(msd_train_save(test_pathf("%s/state.safetensors", resumed), &m, &st, &o) == 0, "%s",
+                  msd_last_error());
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+    snprintf(args, sizeof args, "train --resume --quiet --out %s", resumed);
+    r = msdiff_capped(args);
+    TEST_EXPECT_FAIL(&r, 1, "activations for a batch of 65536 images",
+                     "the run's batch of 65536 images is fixed by its state");
+    ck_assert_msg(!strstr(r.err, "--batch"), "a resumed run is pointed at --batch: %s", r.err);
+    test_run_free(&r);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
 // Dispatch and help
 
 START_TEST(dispatch_and_help) {
@@ -710,8 +775,8 @@ int main(void) {
     test_tmpdir_make("cli"); // before the tests fork: they share it
     const TTest *tests[] = {
         info_paper_counts, info_json, info_bad_lines, init_info_roundtrip, init_deterministic,
-        init_overrides, denoise_matches_library, denoise_bad_input, dispatch_and_help, cli_numbers,
-        cli_parse_nonfinite_and_empty, export_fp16, sample_flags_checked, sample_outputs_checked_first,
+        init_overrides, denoise_matches_library, denoise_bad_input, train_batch_out_of_memory, dispatch_and_help,
+        cli_numbers, cli_parse_nonfinite_and_empty, export_fp16, sample_flags_checked, sample_outputs_checked_first,
         run_folder_as_model, eval_default_classifier_beside_program,
     };
     return run_tests("cli", 600, tests, TEST_COUNT(tests));

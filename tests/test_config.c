@@ -170,6 +170,12 @@ static void bad_dec(struct msd_config *c) { c->dec_channels[1] = 2; }
 static void bad_sigma_data(struct msd_config *c) { c->sigma_data = 0.0f; }
 static void bad_precond(struct msd_config *c) { c->precond = (enum msd_precond)7; }
 static void bad_small_res(struct msd_config *c) { c->img_resolution = 2; c->n_levels = 1; c->n_attn = 0; }
+// beyond the widths no real network has (config.c): each tensor and the count of them stay bounded
+static void bad_mc_wide(struct msd_config *c) { c->model_channels = 1026; }
+static void bad_dec_wide(struct msd_config *c) { c->dec_channels[0] = 1032; }
+static void bad_mult_big(struct msd_config *c) { c->channel_mult[2] = 17; }
+static void bad_emb_big(struct msd_config *c) { c->channel_mult_emb = 17; }
+static void bad_attn_big(struct msd_config *c) { c->img_resolution = 512; c->attn_resolutions[0] = 512; }
 
 START_TEST(validation_names_the_field) {
     const struct { void (*breaks)(struct msd_config *); const char *field; } cases[] = {
@@ -181,6 +187,10 @@ START_TEST(validation_names_the_field) {
         {bad_attn, "attn_resolutions"}, {bad_attn_n, "n_attn"}, {bad_emb, "channel_mult_emb"},
         {bad_groups, "gn_groups"}, {bad_min_ch, "gn_min_channels"}, {bad_stages, "n_stages"},
         {bad_dec, "dec_channels"}, {bad_sigma_data, "sigma_data"}, {bad_precond, "precond"},
+        {bad_mc_wide, "model_channels = 1026, expected 4..1024"},
+        {bad_dec_wide, "dec_channels[0] (decoders[0]) = 1032"},
+        {bad_mult_big, "channel_mult[2] = 17, expected 1..16"}, {bad_emb_big, "channel_mult_emb = 17"},
+        {bad_attn_big, "attn_resolutions[0] = 512, expected at most 256"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct msd_config c = preset("mini-ms");
@@ -190,6 +200,20 @@ START_TEST(validation_names_the_field) {
         ck_assert_msg(strstr(msd_last_error(), cases[i].field) != NULL, "case %zu: message '%s' does not name '%s'",
                       i, msd_last_error(), cases[i].field);
     }
+}
+END_TEST
+
+// The largest widths the limits allow are valid configs (the parameter count is bounded on the table,
+// test_model.c), and so is self-attention at 256 x 256.
+START_TEST(largest_widths_validate) {
+    struct msd_config c = preset("mini-ms");
+    c.model_channels = 1024, c.channel_mult_emb = 16;
+    for (int l = 0; l < c.n_levels; l++) c.channel_mult[l] = 16;
+    for (int s = 0; s < c.n_stages; s++) c.dec_channels[s] = 1024;
+    ck_assert_msg(msd_config_validate(&c) == 0, "the widest config: %s", msd_last_error());
+    c = preset("tiny");
+    c.img_resolution = 256, c.attn_resolutions[0] = 256;
+    ck_assert_msg(msd_config_validate(&c) == 0, "attention at 256: %s", msd_last_error());
 }
 END_TEST
 
@@ -290,7 +314,7 @@ END_TEST
 int main(void) {
     const TTest *tests[] = {
         presets_validate_and_round_trip, preset_values, unknown_preset, stage_routing, groupnorm_groups,
-        validation_names_the_field, groupnorm_divisibility, json_errors_name_the_key,
+        validation_names_the_field, largest_widths_validate, groupnorm_divisibility, json_errors_name_the_key,
     };
     return run_tests("config", 0, tests, TEST_COUNT(tests));
 }

@@ -2,8 +2,9 @@
 // paper's networks, and the reference dumps of EDM's and the authors' own PyTorch classes
 // (tests/data/README.md): D(x; sigma), the EDM loss and every gradient, for a unified and a
 // multistage network, on every backend this machine has (ref, and fast with AVX2/FMA), within the
-// network budgets of tests/tolerance.h (NET_D_TOL, NET_GRAD_TOL); and the check of the stage a caller
-// passes to the denoiser.
+// network budgets of tests/tolerance.h (NET_D_TOL, NET_GRAD_TOL); the check of the stage a caller
+// passes to the denoiser; and the parameter table built before, and without, any parameter memory,
+// with its limit on the parameter count.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,75 @@ START_TEST(paper_counts) {
     check_counts("cifar10-ms", 128792233, (uint64_t[]){35750150144ull, 21190213632ull, 7725498368ull});
     check_counts("mini", 1752993, (uint64_t[]){340216960ull});
     check_counts("mini-ms", 4325179, (uint64_t[]){604495232ull, 340216960ull, 120481792ull});
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// Building and allocating: the parameter table comes first and costs no backend memory, so a loader
+// can compare it with a file before anything is sized by the config.
+
+static int n_allocs;
+static size_t alloc_floats;
+static float *counting_alloc(size_t n) {
+    n_allocs++, alloc_floats += n;
+    return msd_backend_ref.alloc(n);
+}
+
+START_TEST(build_then_alloc) {
+    struct msd_backend counting = msd_backend_ref;
+    counting.alloc = counting_alloc;
+    const char *presets[] = {"cifar10", "cifar10-ms", "mini-ms", "tiny-ms"};
+    for (int i = 0; i < 4; i++) {
+        for (int separate = 0; separate < 2; separate++) {
+            struct msd_config cfg;
+            ck_assert(msd_config_preset(&cfg, presets[i]) == 0);
+            cfg.separate = separate;
+            struct msd_model a, b;
+            n_allocs = 0, alloc_floats = 0;
+            ck_assert_msg(msd_model_build(&a, &cfg, &counting) == 0, "%s: %s", presets[i], msd_last_error());
+            ck_assert_msg(n_allocs == 0 && a.w == NULL, "%s: the build allocated %d buffers", presets[i], n_allocs);
+            ck_assert_msg(a.n_floats <= MSD_MAX_PARAMS, "%s: %zu parameters", presets[i], a.n_floats);
+            ck_assert_msg(msd_model_create(&b, &cfg, &msd_backend_ref) == 0, "%s", msd_last_error());
+            ck_assert_msg(a.n_params == b.n_params && a.n_floats == b.n_floats, "%s: the built table differs",
+                          presets[i]);
+            for (int k = 0; k < a.n_params; k++)
+                ck_assert(!strcmp(a.params[k].name, b.params[k].name) && a.params[k].offset == b.params[k].offset);
+            ck_assert_msg(msd_model_alloc(&a) == 0, "%s", msd_last_error());
+            ck_assert_msg(n_allocs == 1 && alloc_floats == a.n_floats && a.w != NULL,
+                          "%s: alloc made %d allocations of %zu floats in all, want one of %zu", presets[i], n_allocs,
+                          alloc_floats, a.n_floats);
+            msd_model_free(&a);
+            msd_model_free(&b);
+        }
+    }
+}
+END_TEST
+
+// Widths within the config's limits that make 24.8G parameters: the build refuses them, names the
+// count and the limit, allocates nothing and leaves the model empty. Just under the limit is built.
+START_TEST(parameter_limit) {
+    struct msd_backend counting = msd_backend_ref;
+    counting.alloc = counting_alloc;
+    struct msd_config cfg;
+    ck_assert(msd_config_preset(&cfg, "tiny") == 0);
+    cfg.model_channels = 1024, cfg.channel_mult[0] = cfg.channel_mult[1] = 16;
+    ck_assert_msg(msd_config_validate(&cfg) == 0, "%s", msd_last_error());
+    struct msd_model m;
+    n_allocs = 0;
+    ck_assert_msg(msd_model_build(&m, &cfg, &counting) == -1, "24.8G parameters built");
+    ck_assert_msg(strstr(msd_last_error(), "24773696514 parameters, more than the 1073741824"), "message: %s",
+                  msd_last_error());
+    ck_assert_msg(n_allocs == 0 && m.params == NULL && m.n_floats == 0, "the model was left built");
+    // channel_mult [4, 4]: 4096 channels, 1663326210 parameters, still too many; [3, 3] (in 8 GroupNorm
+    // groups, which 3096 channels need) gives 3072 channels and 968629826, which is built as a table
+    cfg.channel_mult[0] = cfg.channel_mult[1] = 4;
+    ck_assert_msg(msd_model_build(&m, &cfg, &counting) == -1 && strstr(msd_last_error(), "1663326210 parameters"),
+                  "[4, 4]: %s", msd_last_error());
+    cfg.channel_mult[0] = cfg.channel_mult[1] = 3, cfg.gn_groups = 8;
+    ck_assert_msg(msd_model_build(&m, &cfg, &counting) == 0, "[3, 3]: %s", msd_last_error());
+    ck_assert_msg(m.n_floats == 968629826 && n_allocs == 0, "[3, 3]: %zu parameters, %d allocations", m.n_floats,
+                  n_allocs);
+    msd_model_free(&m);
 }
 END_TEST
 
@@ -221,7 +291,7 @@ START_TEST(stage_is_checked) {
 END_TEST
 
 int main(void) {
-    const TTest *tests[] = {paper_counts, stage_is_checked};
+    const TTest *tests[] = {paper_counts, build_then_alloc, parameter_limit, stage_is_checked};
     const struct loop_test loops[] = {{reference_unified, 2}, {reference_multistage, 2}};
     return run_test_suite(&(struct test_suite){.name = "model", .timeout_s = 120, .tests = tests,
                                                .n = TEST_COUNT(tests), .loops = loops, .n_loops = TEST_COUNT(loops)});

@@ -2,7 +2,8 @@
 //
 // Holds: a bit-exact round trip with metadata, the 8-byte data alignment, loading the reference dumps
 // of tests/data/ (the tests run from the repository root), one test per kind of corrupt file
-// (each checks the -1 and a word of the message), the float32 getter's shape and dtype errors, F16 and
+// (each checks the -1 and a word of the message) and per kind of string with a NUL in it, messages
+// that say what the file is, the float32 getter's shape and dtype errors, F16 and
 // BF16 conversion of known values, rounding to F16 (known values, every half, nearest-ness) and F16
 // writes, and the atomic writer's failure paths (no .tmp and no file left).
 // Does not hold: model-specific checkpoint contents (the model tests check those names and shapes).
@@ -340,6 +341,59 @@ START_TEST(test_missing_and_odd_files) {
 }
 END_TEST
 
+// A string of the header that holds a NUL, escaped as \u0000: cJSON would end the string there, so
+// "F32\u0000junk" would pass as the dtype F32 and "a\u0000b" as the tensor name "a". Each is refused,
+// and the message says which string it is. (A raw NUL byte: test_nul_byte_in_header.)
+#define A_TENSOR "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}"
+static const struct { const char *header; const char *words[3]; } NUL_STRINGS[] = {
+    {"{\"a\":{\"dtype\":\"F32\\u0000\",\"shape\":[2],\"data_offsets\":[0,8]}}", {"tensor 'a'", "\"dtype\"", "NUL"}},
+    {"{\"a\":{\"dtype\":\"F32\\u0000junk\",\"shape\":[2],\"data_offsets\":[0,8]}}", {"tensor 'a'", "F32\\u0000junk"}},
+    {"{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", {"tensor name", "a\\u0000b", "NUL"}},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"dtype\\u0000\":\"I8\"}}",
+     {"tensor 'a'", "field name \"dtype\\u0000\"", "NUL"}},
+    {"{\"__metadata__\":{\"config\\u0000\":\"{}\"}," A_TENSOR "}", {"__metadata__ key \"config\\u0000\"", "NUL"}},
+    {"{\"__metadata__\":{\"config\":\"{}\\u0000{}\"}," A_TENSOR "}", {"__metadata__ value of key 'config'", "NUL"}},
+    // an escaped backslash and then the escape: the string holds "b\" and a NUL
+    {"{\"__metadata__\":{\"k\":\"b\\\\\\u0000\"}," A_TENSOR "}", {"__metadata__ value of key 'k'", "NUL"}},
+};
+
+START_TEST(test_nul_in_header_strings) {
+    const char *path = test_path("nul.safetensors");
+    unsigned char zeros[8] = {0};
+    write_raw(path, NUL_STRINGS[_i].header, zeros, sizeof zeros);
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == -1, "accepted %s", NUL_STRINGS[_i].header);
+    for (int k = 0; k < 3 && NUL_STRINGS[_i].words[k]; k++)
+        ck_assert_msg(strstr(msd_last_error(), NUL_STRINGS[_i].words[k]), "%s: message '%s' lacks '%s'",
+                      NUL_STRINGS[_i].header, msd_last_error(), NUL_STRINGS[_i].words[k]);
+    ck_assert_msg(strstr(msd_last_error(), path), "message '%s' does not name the file", msd_last_error());
+    remove(path);
+}
+END_TEST
+
+// The same with a raw NUL byte in the dtype (the header's length counts it: it is not the end); and
+// the text \u0000 with its backslash escaped, which is no NUL, reads back as those six characters.
+START_TEST(test_nul_byte_in_header) {
+    static const char header[] = "{\"a\":{\"dtype\":\"F32\0\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    unsigned char buf[256] = {0};
+    const size_t hl = sizeof header - 1; // the NUL inside counted, the terminator not
+    buf[0] = (unsigned char)hl;
+    memcpy(buf + 8, header, hl);
+    expect_fail_bytes(buf, 8 + hl + 8, "a raw NUL in a dtype", "tensor 'a': \"dtype\"");
+
+    const char *path = test_path("backslash.safetensors");
+    unsigned char zeros[8] = {0};
+    write_raw(path, "{\"__metadata__\":{\"k\":\"\\\\u0000\"}," A_TENSOR "}", zeros, sizeof zeros);
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "an escaped backslash before u0000 refused: %s", msd_last_error());
+    ck_assert_msg(msd_st_meta(&f, "k") && !strcmp(msd_st_meta(&f, "k"), "\\u0000"), "metadata k reads '%s'",
+                  msd_st_meta(&f, "k"));
+    msd_st_free(&f);
+    remove(path);
+}
+END_TEST
+#undef A_TENSOR
+
 // ---------------------------------------------------------------------------------------------------
 // The float32 getter
 
@@ -385,6 +439,39 @@ START_TEST(test_get_wrong_shape) {
                      (const char *const[]){"layer.weight", "[2, 3]", "[3, 2]", "F32", NULL});
     expect_get_fails(&f, "layer.weight", 1, (int64_t[]){6}, "[6] for [3, 2]", (const char *const[]){"[6]", NULL});
     msd_st_free(&f);
+    remove(path);
+}
+END_TEST
+
+// Messages say what the file is: "<what> '<path>': " for msd_st_read_as, "safetensors file" for
+// msd_st_read and the writer, never "checkpoint" for a file that is none (a denoiser's input). The
+// check without the copy fails with the getter's message and passes where the getter does.
+static void expect_prefix(const char *prefix) {
+    ck_assert_msg(!strncmp(msd_last_error(), prefix, strlen(prefix)), "message '%s' does not start with \"%s\"",
+                  msd_last_error(), prefix);
+    ck_assert_msg(!strstr(msd_last_error(), "checkpoint"), "message '%s' calls the file a checkpoint",
+                  msd_last_error());
+}
+
+START_TEST(test_messages_name_the_file_kind) {
+    struct msd_st_file f;
+    const char *path = read_small(&f);
+    ck_assert(msd_st_get_f32(&f, "x", 1, (int64_t[]){2}, NULL) == -1);
+    expect_prefix(test_pathf("safetensors file '%s': no tensor 'x'", path));
+    msd_st_free(&f);
+    ck_assert_msg(msd_st_read_as(&f, path, "input") == 0, "%s", msd_last_error());
+    ck_assert(msd_st_get_f32(&f, "x", 1, (int64_t[]){2}, NULL) == -1);
+    expect_prefix(test_pathf("input '%s': no tensor 'x'", path));
+    ck_assert(msd_st_check_f32(&f, "layer.weight", 2, (int64_t[]){2, 3}) == -1);
+    expect_prefix(test_pathf("input '%s': tensor 'layer.weight' has shape [3, 2]", path));
+    ck_assert_msg(msd_st_check_f32(&f, "layer.weight", 2, (int64_t[]){3, 2}) == 0, "%s", msd_last_error());
+    msd_st_free(&f);
+    test_write_file(path, "\x10\0\0", 3);
+    ck_assert(msd_st_read_as(&f, path, "input") == -1);
+    expect_prefix(test_pathf("input '%s': truncated", path));
+    const char *blocked = test_pathf("%s/under-a-file.safetensors", path);
+    ck_assert(msd_st_write(blocked, NULL, 0, NULL, NULL, 0) == -1);
+    expect_prefix(test_pathf("safetensors file '%s': write: cannot create", blocked));
     remove(path);
 }
 END_TEST
@@ -624,9 +711,11 @@ int main(void) {
         test_missing_and_odd_files, test_get_missing_tensor, test_get_wrong_shape,
         test_get_unconvertible_dtype, test_f16_bf16_conversion, test_f32_to_f16_known,
         test_f32_to_f16_exhaustive, test_write_f16, test_atomic_write_leaves_no_tmp,
-        test_write_unwritable_dir, test_write_rename_fails, test_write_bad_entries,
+        test_write_unwritable_dir, test_write_rename_fails, test_write_bad_entries, test_nul_byte_in_header,
+        test_messages_name_the_file_kind,
     };
-    const struct loop_test loops[] = {{test_more_corrupt_headers, (int)TEST_COUNT(MORE_CORRUPT)}};
+    const struct loop_test loops[] = {{test_more_corrupt_headers, (int)TEST_COUNT(MORE_CORRUPT)},
+                                      {test_nul_in_header_strings, (int)TEST_COUNT(NUL_STRINGS)}};
     return run_test_suite(&(struct test_suite){.name = "safetensors", .timeout_s = 0, .tests = tests,
                                                .n = TEST_COUNT(tests), .loops = loops, .n_loops = TEST_COUNT(loops)});
 }

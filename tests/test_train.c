@@ -1,6 +1,7 @@
 // test_train.c: the training step and its state: which stages the policies train and how often,
-// that training lowers a held-out loss, that only the routed decoder moves, and that a resumed run
-// equals an uninterrupted one bit for bit.
+// that training lowers a held-out loss, that only the routed decoder moves, that a resumed run
+// equals an uninterrupted one bit for bit, that a state file is checked before it is used and a
+// state with a NaN is never saved, and what a run folder keeps when training goes wrong.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,11 +10,13 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/cli/run.h"
 #include "common/core/backend.h"
 #include "common/core/error.h"
 #include "common/model/model.h"
 #include "common/model/precond.h"
 #include "common/core/rng.h"
+#include "common/io/checkpoint.h"
 #include "common/io/safetensors.h"
 #include "common/model/train.h"
 #include "testutil.h"
@@ -272,10 +275,18 @@ START_TEST(resume_is_exact) {
 }
 END_TEST
 
-// A state file whose metadata value `key` is replaced by `value` (within the "train" JSON when
-// train_key is set: there the string field train_key). The tensors are copied as they are.
-static void rewrite_state(const char *from, const char *to, const char *key, const char *train_key,
-                          const char *value) {
+// A state file like `from` with one change: the metadata value `key` replaced by `value` (within the
+// "train" JSON when train_key is set: there the field train_key, a string, or a number when `number`),
+// or element `index` of the state tensor `tensor` set to `poke`. Everything else is copied as it is.
+struct state_edit {
+    const char *key, *train_key, *value;
+    bool number;
+    const char *tensor;
+    size_t index;
+    float poke;
+};
+
+static void edit_state(const char *from, const char *to, const struct state_edit *ed) {
     struct msd_st_file f;
     ck_assert_msg(msd_st_read(&f, from) == 0, "%s", msd_last_error());
     struct msd_st_entry e[4];
@@ -285,6 +296,10 @@ static void rewrite_state(const char *from, const char *to, const char *key, con
         ck_assert(t && t->ndim == 1);
         float *data = malloc((size_t)t->shape[0] * sizeof *data);
         ck_assert(data && msd_st_get_f32(&f, names[i], 1, t->shape, data) == 0);
+        if (ed->tensor && !strcmp(ed->tensor, names[i])) {
+            ck_assert((int64_t)ed->index < t->shape[0]);
+            data[ed->index] = ed->poke;
+        }
         e[i] = (struct msd_st_entry){names[i], 1, {t->shape[0]}, data};
     }
     const char *keys[16], *values[16];
@@ -292,14 +307,15 @@ static void rewrite_state(const char *from, const char *to, const char *key, con
     int n = 0;
     for (cJSON *m = f.metadata->child; m && n < 16; m = m->next, n++) {
         keys[n] = m->string, values[n] = m->valuestring;
-        if (strcmp(m->string, key)) continue;
-        if (!train_key) {
-            values[n] = value;
+        if (!ed->key || strcmp(m->string, ed->key)) continue;
+        if (!ed->train_key) {
+            values[n] = ed->value;
             continue;
         }
         cJSON *j = cJSON_Parse(m->valuestring);
-        ck_assert(j && cJSON_GetObjectItemCaseSensitive(j, train_key));
-        cJSON_ReplaceItemInObjectCaseSensitive(j, train_key, cJSON_CreateString(value));
+        ck_assert(j && cJSON_GetObjectItemCaseSensitive(j, ed->train_key));
+        cJSON *v = ed->number ? cJSON_CreateNumber(strtod(ed->value, NULL)) : cJSON_CreateString(ed->value);
+        cJSON_ReplaceItemInObjectCaseSensitive(j, ed->train_key, v);
         values[n] = train_text = cJSON_PrintUnformatted(j);
         cJSON_Delete(j);
     }
@@ -307,6 +323,11 @@ static void rewrite_state(const char *from, const char *to, const char *key, con
     for (int i = 0; i < 4; i++) free((void *)e[i].data);
     free(train_text);
     msd_st_free(&f);
+}
+
+static void rewrite_state(const char *from, const char *to, const char *key, const char *train_key,
+                          const char *value) {
+    edit_state(from, to, &(struct state_edit){.key = key, .train_key = train_key, .value = value});
 }
 
 // The counts and the seed of a state file are read as whole numbers in range, or refused with a
@@ -355,12 +376,208 @@ START_TEST(state_numbers_are_checked) {
 }
 END_TEST
 
+// A state file's batch is a count of images within msdiff train --batch's range: the activations
+// planned on --resume are sized by it, so 10^9 would ask for terabytes.
+START_TEST(state_batch_is_bounded) {
+    struct msd_model m;
+    struct msd_train_state st;
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    tiny_model(&m, "tiny-ms", 0.0f, 3);
+    ck_assert(msd_train_state_init(&st, &m) == 0);
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
+    ck_assert_msg(msd_train_save(good, &m, &st, &o) == 0, "%s", msd_last_error());
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+    const char *refused[] = {"1000000000", "65537", "0", "-4", "1e300"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        edit_state(good, bad, &(struct state_edit){.key = "train", .train_key = "batch", .value = refused[i],
+                                                   .number = true});
+        ck_assert_msg(msd_train_load(bad, &m, &st, &o, be) == -1, "batch %s loaded", refused[i]);
+        ck_assert_msg(strstr(msd_last_error(), "batch") && strstr(msd_last_error(), "from 1 to 65536") &&
+                          strstr(msd_last_error(), bad), "batch %s: message '%s'", refused[i], msd_last_error());
+        ck_assert_msg(m.params == NULL && st.adam_m == NULL, "batch %s: the model was left built", refused[i]);
+    }
+    edit_state(good, bad, &(struct state_edit){.key = "train", .train_key = "batch", .value = "65536", .number = true});
+    ck_assert_msg(msd_train_load(bad, &m, &st, &o, be) == 0, "batch 65536: %s", msd_last_error());
+    ck_assert_int_eq(o.batch, 65536);
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+}
+END_TEST
+
+// ref with the largest allocation recorded (floats).
+static size_t largest_alloc;
+static float *recording_alloc(size_t n) {
+    if (n > largest_alloc) largest_alloc = n;
+    return msd_backend_ref.alloc(n);
+}
+
+// Every value of the state must be finite: a NaN in the weights, a moment or the EMA is refused with
+// the file, the tensor, the element and the parameter it belongs to. A config that asks for more than
+// the file holds is refused before its buffers are allocated: no allocation exceeds the file's size.
+START_TEST(state_values_are_checked_before_use) {
+    struct msd_model m;
+    struct msd_train_state st;
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    tiny_model(&m, "tiny-ms", 0.0f, 3);
+    ck_assert(msd_train_state_init(&st, &m) == 0);
+    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
+    ck_assert_msg(msd_train_save(good, &m, &st, &o) == 0, "%s", msd_last_error());
+    const struct msd_param *p = &m.params[5]; // element 3 of parameter 5: its place in the flat buffers
+    char param[160];
+    snprintf(param, sizeof param, "(parameter '%s' element 3)", p->name);
+    const size_t at = p->offset + 3;
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+    const char *tensors[4] = {"weights", "adam_m", "adam_v", "ema"};
+    const float values[4] = {NAN, INFINITY, NAN, -INFINITY};
+    for (int i = 0; i < 4; i++) {
+        edit_state(good, bad, &(struct state_edit){.tensor = tensors[i], .index = at, .poke = values[i]});
+        ck_assert_msg(msd_train_load(bad, &m, &st, &o, be) == -1, "a %g in %s loaded", (double)values[i], tensors[i]);
+        char want[256];
+        snprintf(want, sizeof want, "training state '%s': tensor '%s' element %zu %s is %g", bad, tensors[i], at,
+                 param, (double)values[i]);
+        ck_assert_msg(strstr(msd_last_error(), want), "message '%s' lacks '%s'", msd_last_error(), want);
+        ck_assert_msg(m.params == NULL && st.adam_m == NULL, "%s: the model was left built", tensors[i]);
+    }
+    // decoder 0 widened to 1024 (GroupNorm groups of 1024 channels keep the config valid)
+    struct msd_config c;
+    ck_assert(msd_config_preset(&c, "tiny-ms") == 0);
+    c.dec_channels[0] = 1024, c.gn_min_channels = 1024;
+    char *json = msd_config_to_json(&c);
+    rewrite_state(good, bad, "config", NULL, json);
+    free(json);
+    struct msd_backend recording = msd_backend_ref;
+    recording.alloc = recording_alloc;
+    ck_assert_msg(msd_train_load(bad, &m, &st, &o, &recording) == -1, "a config of another network loaded");
+    ck_assert_msg(strstr(msd_last_error(), "tensor 'weights' has shape"), "message '%s'", msd_last_error());
+    size_t bytes;
+    free(test_read_file(bad, &bytes));
+    ck_assert_msg(largest_alloc * sizeof(float) <= bytes, "the load allocated %zu floats, the file has %zu bytes",
+                  largest_alloc, bytes);
+}
+END_TEST
+
+// A state or checkpoint with a NaN or an infinity is never saved: the message names the buffer, the
+// element and the parameter, and the file already at the path keeps its bytes, with no temp file left.
+START_TEST(saves_refuse_nonfinite_values) {
+    struct msd_model m;
+    struct msd_train_state st;
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    tiny_model(&m, "tiny-ms", 0.0f, 3);
+    ck_assert(msd_train_state_init(&st, &m) == 0);
+    const char *path = test_path("state.safetensors"), *ck = test_path("ema.safetensors");
+    ck_assert_msg(msd_train_save(path, &m, &st, &o) == 0 && msd_checkpoint_save(&m, ck, NULL, NULL, 0) == 0, "%s",
+                  msd_last_error());
+    size_t n_before, n_ck;
+    char *before = test_read_file(path, &n_before), *ck_before = test_read_file(ck, &n_ck);
+    float *bufs[4] = {m.w, st.adam_m, st.adam_v, st.ema};
+    const char *names[4] = {"weights", "adam_m", "adam_v", "ema"};
+    const struct msd_param *p = &m.params[m.n_params - 1];
+    for (int i = 0; i < 4; i++) {
+        const float keep = bufs[i][p->offset + 1];
+        bufs[i][p->offset + 1] = i % 2 ? INFINITY : NAN;
+        ck_assert_msg(msd_train_save(path, &m, &st, &o) == -1, "a state with a bad %s was saved", names[i]);
+        char want[256];
+        snprintf(want, sizeof want, "tensor '%s' element %zu (parameter '%s' element 1) is %s", names[i],
+                 p->offset + 1, p->name, i % 2 ? "inf" : "nan");
+        ck_assert_msg(strstr(msd_last_error(), want) && strstr(msd_last_error(), "nothing was written"),
+                      "message '%s' lacks '%s'", msd_last_error(), want);
+        if (i == 0) { // the weights as a checkpoint, too
+            ck_assert_msg(msd_checkpoint_save(&m, ck, NULL, NULL, 0) == -1, "a checkpoint with a NaN was saved");
+            snprintf(want, sizeof want, "tensor '%s' element 1 is nan", p->name);
+            ck_assert_msg(strstr(msd_last_error(), want), "message '%s' lacks '%s'", msd_last_error(), want);
+        }
+        bufs[i][p->offset + 1] = keep;
+    }
+    size_t n_after, n_ck_after;
+    char *after = test_read_file(path, &n_after), *ck_after = test_read_file(ck, &n_ck_after);
+    ck_assert_msg(n_after == n_before && !memcmp(before, after, n_before), "the state file changed");
+    ck_assert_msg(n_ck_after == n_ck && !memcmp(ck_before, ck_after, n_ck), "the checkpoint changed");
+    ck_assert_msg(!test_exists(test_pathf("%s.tmp", path)) && !test_exists(test_pathf("%s.tmp", ck)),
+                  "a temp file was left behind");
+    free(before), free(after), free(ck_before), free(ck_after);
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+}
+END_TEST
+
+// ---------------------------------------------------------------------------------------------------
+// A run folder (common/cli/run.h) when training goes wrong
+
+// The output bias of every decoder at 3e38, finite but so large that D, and the loss, overflow.
+static void blow_up(struct msd_model *m) {
+    for (int s = 0; s < m->cfg.n_stages; s++)
+        for (int c = 0; c < m->dec[s].aux_conv.cout; c++) m->w[m->dec[s].aux_conv.b + c] = 3e38f;
+}
+
+// msd_run_train on the bars in `dir` up to `steps`, quietly; its result.
+static int run_to(struct msd_model *m, struct msd_train_state *st, const struct msd_train_opts *o,
+                  const char *dir, long steps) {
+    struct msd_dataset data;
+    synthetic(&data, 64, 9);
+    const struct msd_run_opts r = {.dir = dir, .data = "bars", .steps = steps, .log_seconds = 1e9, .quiet = true};
+    msd_clear_error();
+    const int rc = msd_run_train(m, st, &data, o, &r);
+    msd_data_free(&data);
+    return rc;
+}
+
+// A failed step saves the state before it as state-failed.safetensors and says that state.safetensors
+// is the last checkpoint only when there is one. A state gone non-finite in memory (here the EMA) is
+// not saved: the run fails and the last checkpoint, state and EMA, keeps its bytes.
+START_TEST(run_failures_keep_the_last_checkpoint) {
+    struct trainer t;
+    trainer_init(&t, 0.0f, 7, 4);
+    const char *fresh = test_subdir("fresh"), *run = test_subdir("run");
+    blow_up(&t.m);
+    ck_assert_msg(run_to(&t.m, &t.st, &t.o, fresh, 3) == -1, "a step with an infinite loss passed");
+    const char *msg = msd_last_error();
+    ck_assert_msg(strstr(msg, "step 0: the loss is") && strstr(msg, "no checkpoint was saved before it") &&
+                      !strstr(msg, "is the last checkpoint"), "message: %s", msg);
+    ck_assert_msg(test_exists(test_pathf("%s/state-failed.safetensors", fresh)) &&
+                      !test_exists(test_pathf("%s/state.safetensors", fresh)), "%s holds the wrong files", fresh);
+    trainer_free(&t);
+
+    trainer_init(&t, 0.0f, 7, 4);
+    ck_assert_msg(run_to(&t.m, &t.st, &t.o, run, 1) == 0, "%s", msd_last_error());
+    const char *state = test_pathf("%s/state.safetensors", run), *ema = test_pathf("%s/ema.safetensors", run);
+    size_t n_state, n_ema, n;
+    char *state_bytes = test_read_file(state, &n_state), *ema_bytes = test_read_file(ema, &n_ema), *now;
+    t.st.ema[11] = NAN;
+    ck_assert_msg(run_to(&t.m, &t.st, &t.o, run, 2) == -1, "a NaN in the EMA was saved");
+    const char *why = msd_last_error();
+    ck_assert_msg(strstr(why, "tensor 'ema' element 11") && strstr(why, "nothing was written"), "message: %s", why);
+    now = test_read_file(state, &n);
+    ck_assert_msg(n == n_state && !memcmp(now, state_bytes, n), "state.safetensors changed");
+    free(now);
+    now = test_read_file(ema, &n);
+    ck_assert_msg(n == n_ema && !memcmp(now, ema_bytes, n), "ema.safetensors changed");
+    free(now);
+    trainer_free(&t);
+
+    // resumed from the last checkpoint, a failing step names it
+    ck_assert_msg(msd_train_load(state, &t.m, &t.st, &t.o, be) == 0, "%s", msd_last_error());
+    blow_up(&t.m);
+    ck_assert_msg(run_to(&t.m, &t.st, &t.o, run, 3) == -1, "a step with an infinite loss passed");
+    ck_assert_msg(strstr(msd_last_error(), "step 1: the loss is") &&
+                      strstr(msd_last_error(), "(state.safetensors is the last checkpoint)"), "message: %s",
+                  msd_last_error());
+    free(state_bytes), free(ema_bytes);
+    trainer_free(&t);
+}
+END_TEST
+
 int main(void) {
     test_tmpdir_make("train");
     const TTest *tests[] = {
         lognormal_frequencies, uniform_frequencies, vp_frequencies, restricted_law,
         only_the_routed_decoder_moves, resume_is_exact, training_lowers_heldout_loss,
-        state_numbers_are_checked,
+        state_numbers_are_checked, state_batch_is_bounded, state_values_are_checked_before_use,
+        saves_refuse_nonfinite_values, run_failures_keep_the_last_checkpoint,
     };
     return run_tests("train", 300, tests, TEST_COUNT(tests));
 }

@@ -25,8 +25,8 @@ const char HELP_DENOISE[] =
     "Apply a checkpoint's denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) to noisy images,\n"
     "all at the noise level sigma (the stage whose range holds sigma does the work; dropout off).\n"
     "The input file must hold a tensor \"x\" (F32, F16 or BF16) of shape (N, C, R, R), with C and R\n"
-    "the model's image channels and resolution. The output holds \"D\" (F32) of the same shape, with\n"
-    "metadata \"sigma\" (the value) and \"model\" (the checkpoint path read).\n"
+    "the model's image channels and resolution, and only finite values. The output holds \"D\" (F32)\n"
+    "of the same shape, with metadata \"sigma\" (the value) and \"model\" (the checkpoint path read).\n"
     "\n"
     "flags:\n"
     "  --model FILE|DIR  the checkpoint, or a run folder of msdiff train (its ema.safetensors)\n"
@@ -54,7 +54,12 @@ static int denoise_chunks(struct msd_model *m, float *D, const float *x, int N, 
     const int stage = msd_config_stage_of(&m->cfg, sigma); // every image is at sigma
     for (int start = 0; rc == 0 && start < N; start += B) {
         const int n = N - start < B ? N - start : B;
-        if ((rc = msd_model_plan(m, n, false))) break; // re-plans only when n changes
+        if ((rc = msd_model_plan(m, n, false))) { // re-plans only when n changes
+            char why[768];
+            snprintf(why, sizeof why, "%s", msd_last_error());
+            rc = msd_set_error("%s: try a smaller --batch", why);
+            break;
+        }
         be->upload(dx, x + (size_t)start * M, (size_t)n * M);
         if ((rc = msd_denoise_forward(m, stage, dD, dx, sig, &opts))) break;
         be->download(D + (size_t)start * M, dD, (size_t)n * M);
@@ -97,7 +102,7 @@ int cmd_denoise(int argc, char **argv) {
     if (msd_checkpoint_load(&m, model, be)) return cmd_fail();
     const struct msd_config *c = &m.cfg;
     struct msd_st_file f;
-    if (msd_st_read(&f, input)) {
+    if (msd_st_read_as(&f, input, "input")) {
         msd_model_free(&m);
         return cmd_fail();
     }
@@ -127,6 +132,10 @@ int cmd_denoise(int argc, char **argv) {
     const size_t total = (size_t)N * C * R * R;
     float *x = xmalloc(total * sizeof(float)), *D = xmalloc(total * sizeof(float));
     rc = msd_st_get_f32(&f, "x", 4, shape, x);
+    for (size_t i = 0; rc == 0 && i < total; i++) // a NaN in x would only come back as a NaN in D
+        if (!isfinite(x[i]))
+            rc = msd_set_error("input '%s': tensor \"x\" element %zu is %g; expected finite values", input, i,
+                               (double)x[i]);
     msd_st_free(&f);
     const int B = batch > 0 && batch < N ? batch : N;
     if (rc == 0) rc = denoise_chunks(&m, D, x, N, B, sigma);

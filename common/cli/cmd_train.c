@@ -34,7 +34,7 @@ const char HELP_TRAIN[] =
     "  --data SPEC           fmnist (default), fmnist:test, fmnist:DIR, cifar10:DIR, or a folder of PNGs\n"
     "  --batch B             images per step (default 64)\n"
     "  --resume              continue the run in --out from its state.safetensors\n"
-    "  --decoders D0,...     decoder widths per stage (sets the number of stages)\n"
+    "  --decoders D0,...     decoder widths per stage, 4..1024 (sets the number of stages)\n"
     "  --boundaries S1,...   sigma boundaries between stages, increasing (one fewer than the stages)\n"
     "  --separate            one whole network per stage (the paper's 'separate' baseline)\n"
     "  --policy P            lognormal (EDM: stages in proportion to the loss's sigma law; default) or\n"
@@ -95,10 +95,11 @@ int cmd_train(int argc, char **argv) {
         {.flag = "--steps", .type = CLI_INT, .dst = &steps, .expect = "a step count >= 1", .lo = 1, .hi = 1000000000},
         {.flag = "--preset", .type = CLI_STR, .dst = &preset, .expect = "a preset name"},
         {.flag = "--data", .type = CLI_STR, .dst = &data, .expect = "a data spec"},
-        {.flag = "--batch", .type = CLI_INT, .dst = &batch, .expect = "a batch size 1..65536", .lo = 1, .hi = 65536},
+        {.flag = "--batch", .type = CLI_INT, .dst = &batch, .expect = "a batch size 1..65536", .lo = 1,
+         .hi = MSD_MAX_BATCH},
         {.flag = "--resume", .type = CLI_SWITCH, .dst = &resume},
-        {.flag = "--decoders", .type = CLI_INTS, .dst = &decoders, .expect = "decoder widths", .lo = 4, .hi = 8192,
-         .max = MSD_MAX_STAGES},
+        {.flag = "--decoders", .type = CLI_INTS, .dst = &decoders, .expect = "decoder widths", .lo = 4,
+         .hi = MSD_MAX_WIDTH, .max = MSD_MAX_STAGES},
         {.flag = "--boundaries", .type = CLI_DOUBLES, .dst = &bounds, .expect = "sigma boundaries",
          .max = MSD_MAX_STAGES - 1},
         {.flag = "--separate", .type = CLI_SWITCH, .dst = &separate},
@@ -245,6 +246,15 @@ int cmd_train(int argc, char **argv) {
         .log_seconds = log_seconds,
         .quiet = quiet,
     };
+    // The batch's memory is planned here, before the run folder changes, where it is known whether the
+    // batch can change: a new run's is --batch, a resumed run's is fixed by its state.
+    if (rc == 0 && msd_model_plan(&m, to.batch, true) < 0) {
+        char why[768];
+        snprintf(why, sizeof why, "%s", msd_last_error());
+        rc = resume ? msd_set_error("%s: the run's batch of %d images is fixed by its state (%s/state.safetensors), "
+                                    "so resume on a backend or a machine with more free memory", why, to.batch, out)
+                    : msd_set_error("%s: try a smaller --batch", why);
+    }
     if (rc == 0 && !resume) {
         rc = msd_run_create(&m, &to, &r);
         if (rc == 0)

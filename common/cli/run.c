@@ -364,11 +364,14 @@ int msd_run_train(struct msd_model *m, struct msd_train_state *st, const struct 
             char why[1024];
             snprintf(why, sizeof why, "%s", msd_last_error());
             // the last periodic checkpoint stays as it was; this state goes beside it for a look
-            char path[4096];
+            char path[4096], last[4096];
             path_in(path, sizeof path, r->dir, "state-failed.safetensors");
+            path_in(last, sizeof last, r->dir, "state.safetensors");
+            struct stat sb;
+            const bool have_last = stat(last, &sb) == 0; // none before the first save of a new run
             if (msd_train_save(path, m, st, o) == 0)
-                msd_set_error("%s; the state before that step is in '%s' (state.safetensors is the last "
-                              "checkpoint)", why, path);
+                msd_set_error("%s; the state before that step is in '%s' (%s)", why, path, have_last
+                              ? "state.safetensors is the last checkpoint" : "no checkpoint was saved before it");
             else
                 msd_set_error("%s; could not save the state either: %s", why, msd_last_error());
             rc = -1;

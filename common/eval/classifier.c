@@ -548,7 +548,7 @@ static const struct msd_param *find_param(const struct msd_classifier *c, const 
 int msd_classifier_load(struct msd_classifier *c, const char *path, const struct msd_backend *be) {
     memset(c, 0, sizeof *c);
     struct msd_st_file f;
-    if (msd_st_read(&f, path) < 0) return -1;
+    if (msd_st_read_as(&f, path, "classifier") < 0) return -1;
     const char *json = msd_st_meta(&f, "classifier");
     struct msd_classifier_config cfg;
     int rc = 0;

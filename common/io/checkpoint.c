@@ -1,6 +1,7 @@
 // checkpoint.c: saving and loading models (checkpoint.h).
 #include "checkpoint.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,17 @@ int msd_checkpoint_save_as(const struct msd_model *m, const char *path, bool f16
                            const char *const *meta_values, int n_meta) {
     float *host = xmalloc(m->n_floats * sizeof(float));
     m->be->download(host, m->w, m->n_floats);
+    // loading refuses a NaN or an infinity, so saving one would only make a file nothing can read
+    for (int i = 0; i < m->n_params; i++) {
+        const struct msd_param *p = &m->params[i];
+        for (size_t k = 0; k < p->numel; k++)
+            if (!isfinite(host[p->offset + k])) {
+                const double v = host[p->offset + k];
+                free(host);
+                return msd_set_error("checkpoint '%s': tensor '%s' element %zu is %g; expected finite weights, "
+                                     "nothing was written", path, p->name, k, v);
+            }
+    }
     struct save_ctx s = {xcalloc((size_t)m->n_params * 2, sizeof(struct msd_st_entry)), 0};
     for (int i = 0; i < m->n_params; i++) {
         const struct msd_param *p = &m->params[i];
@@ -114,40 +126,56 @@ static void match_filter(const char *name, void *ctx) {
     q->hit |= strcmp(name, q->name) == 0;
 }
 
-int msd_model_load_tensors(struct msd_model *m, const struct msd_st_file *f) {
+// Every parameter present with its shape and a float dtype, the resample filters right, and nothing
+// else under "model.": all of it from the file's header and four floats a filter, so that a config
+// that does not match the file fails here, before any memory is sized by it.
+static int check_tensors(const struct msd_model *m, const struct msd_st_file *f) {
+    for (int i = 0; i < m->n_params; i++) {
+        const struct msd_param *p = &m->params[i];
+        int64_t shape[4];
+        for (int d = 0; d < p->ndim; d++) shape[d] = p->shape[d];
+        if (msd_st_check_f32(f, p->name, p->ndim, shape) < 0)
+            return -1; // the message names the file, the tensor and both shapes
+    }
+    struct filter_check fc = {f, 0, 0, ""};
+    for_each_resample_filter(m, check_filter, &fc);
+    if (fc.bad)
+        return msd_set_error("%s '%s': tensor '%s' is not EDM's box filter (expected shape [1, 1, 2, 2] with every "
+                             "value 0.25)", f->what, f->path, fc.bad_name);
+    // every other tensor under "model." must be one of ours
+    int ours = 0;
+    for (int i = 0; i < f->n_tensors; i++)
+        if (!strncmp(f->tensors[i].name, "model.", 6)) ours++;
+    if (ours == m->n_params + fc.found) return 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const char *name = f->tensors[i].name;
+        if (strncmp(name, "model.", 6) || msd_model_find(m, name)) continue;
+        struct filter_match q = {name, 0};
+        for_each_resample_filter(m, match_filter, &q);
+        if (q.hit) continue; // one of ours, counted in fc.found
+        return msd_set_error("%s '%s': unexpected tensor '%s': the config in the file does not have it (is the "
+                             "config metadata from another network?)", f->what, f->path, name);
+    }
+    return 0;
+}
+
+// Copy the checked parameters into m->w. A NaN or an infinity is refused: a network with one gives NaN
+// everywhere it reaches, which sampling would turn into black images without a word.
+static int copy_weights(struct msd_model *m, const struct msd_st_file *f) {
     float *host = xmalloc(m->n_floats * sizeof(float));
     for (int i = 0; i < m->n_params; i++) {
         const struct msd_param *p = &m->params[i];
         int64_t shape[4];
         for (int d = 0; d < p->ndim; d++) shape[d] = p->shape[d];
-        if (msd_st_get_f32(f, p->name, p->ndim, shape, host + p->offset) < 0) {
+        float *w = host + p->offset;
+        int rc = msd_st_get_f32(f, p->name, p->ndim, shape, w);
+        for (size_t k = 0; rc == 0 && k < p->numel; k++)
+            if (!isfinite(w[k]))
+                rc = msd_set_error("%s '%s': tensor '%s' element %zu is %g; expected finite weights", f->what,
+                                   f->path, p->name, k, (double)w[k]);
+        if (rc < 0) {
             free(host);
-            return -1; // the getter's message names the file, the tensor and both shapes
-        }
-    }
-    struct filter_check fc = {f, 0, 0, ""};
-    for_each_resample_filter(m, check_filter, &fc);
-    if (fc.bad) {
-        free(host);
-        return msd_set_error("checkpoint '%s': tensor '%s' is not EDM's box filter (expected shape [1, 1, 2, 2] "
-                             "with every value 0.25)",
-                             f->path, fc.bad_name);
-    }
-    // every other tensor under "model." must be one of ours
-    int ours = 0;
-    for (int i = 0; i < f->n_tensors; i++)
-        if (!strncmp(f->tensors[i].name, "model.", 6)) ours++;
-    if (ours != m->n_params + fc.found) {
-        for (int i = 0; i < f->n_tensors; i++) {
-            const char *name = f->tensors[i].name;
-            if (strncmp(name, "model.", 6) || msd_model_find(m, name)) continue;
-            struct filter_match q = {name, 0};
-            for_each_resample_filter(m, match_filter, &q);
-            if (q.hit) continue; // one of ours, counted in fc.found
-            free(host);
-            return msd_set_error("checkpoint '%s': unexpected tensor '%s': the config in the file does not "
-                                 "have it (is the config metadata from another network?)",
-                                 f->path, name);
+            return -1;
         }
     }
     m->be->upload(m->w, host, m->n_floats);
@@ -155,27 +183,30 @@ int msd_model_load_tensors(struct msd_model *m, const struct msd_st_file *f) {
     return 0;
 }
 
+int msd_model_load_tensors(struct msd_model *m, const struct msd_st_file *f) {
+    return check_tensors(m, f) < 0 ? -1 : copy_weights(m, f);
+}
+
+// The network is built from the file's config as a table only; its weights are allocated once the
+// file is known to hold every one of them (so their number is bounded by the file's size).
 int msd_checkpoint_load(struct msd_model *m, const char *path, const struct msd_backend *be) {
     memset(m, 0, sizeof *m);
     struct msd_st_file f;
-    if (msd_st_read(&f, path) < 0) return -1;
+    if (msd_st_read_as(&f, path, "checkpoint") < 0) return -1;
     const char *json = msd_st_meta(&f, "config");
-    if (!json) {
-        msd_st_free(&f);
-        return msd_set_error("checkpoint '%s': no \"config\" in __metadata__ (expected the network config as "
-                             "JSON, as msdiff init and train write it)",
-                             path);
-    }
     struct msd_config cfg;
-    if (msd_config_from_json(&cfg, json, path) < 0 || msd_model_create(m, &cfg, be) < 0) {
-        msd_st_free(&f);
-        return -1;
+    int rc = 0;
+    if (!json)
+        rc = msd_set_error("checkpoint '%s': no \"config\" in __metadata__ (expected the network config as JSON, "
+                           "as msdiff init and train write it)", path);
+    if (rc == 0 && msd_config_from_json(&cfg, json, path) < 0) rc = -1;
+    if (rc == 0 && msd_model_build(m, &cfg, be) < 0) {
+        char why[768];
+        snprintf(why, sizeof why, "%s", msd_last_error());
+        rc = msd_set_error("checkpoint '%s': %s", path, why);
     }
-    if (msd_model_load_tensors(m, &f) < 0) {
-        msd_st_free(&f);
-        msd_model_free(m);
-        return -1;
-    }
+    if (rc == 0 && (check_tensors(m, &f) < 0 || msd_model_alloc(m) < 0 || copy_weights(m, &f) < 0)) rc = -1;
+    if (rc < 0) msd_model_free(m); // harmless when nothing was built
     msd_st_free(&f);
-    return 0;
+    return rc;
 }

@@ -1,4 +1,4 @@
-// safetensors.h: read and write checkpoints in the safetensors format.
+// safetensors.h: read and write safetensors files: checkpoints, training states, tensors in and out.
 //
 // The format: an 8-byte little-endian u64 header length N, N bytes of a JSON object, then the data
 // buffer. The object maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]}, with
@@ -9,6 +9,10 @@
 // length, offset, dtype and shape before anything uses them (a corrupt file gives -1 and a message that
 // names the file and what is wrong, never a crash); a float32 getter that converts F16/BF16 and checks
 // the expected shape; and an atomic writer of F32 or F16 tensors (temp file, fsync, rename).
+// Every tensor of a file that reads lies inside its data buffer with exactly the bytes its dtype and
+// shape need, and no two overlap: so the tensors of a file hold at most as many elements as the file
+// has bytes, and a loader that has checked a file's tensors against what it expects may allocate
+// for them without trusting any other number in the file.
 // What it does not hold: memory mapping, lazy loading, writing BF16 or integer dtypes, or knowledge of
 // which tensors a model needs (the model code asks for them by name and shape).
 // Little-endian hosts only, checked at compile time where the compiler says, and at run time.
@@ -35,6 +39,7 @@ struct msd_st_tensor {
 // A loaded file. Tensors are in header order; metadata is the "__metadata__" object or NULL.
 struct msd_st_file {
     char *path;
+    char what[32];                 // what the file is, for messages: "checkpoint", "input", ...
     int n_tensors;
     struct msd_st_tensor *tensors; // [n_tensors]
     cJSON *metadata;               // may be NULL; every value is a string
@@ -43,6 +48,11 @@ struct msd_st_file {
 };
 
 // Load and validate the file at path. 0, or -1 with msd_set_error (then *f is zeroed, nothing to free).
+// Every message, of the read and of the getters below, starts "<what> '<path>': ", so that it says
+// what the file is for ("checkpoint", "training state", "input"); msd_st_read says "safetensors file".
+// A string of the header (a tensor name, a dtype, a metadata key or value) that holds a NUL character
+// (raw or as \u0000) is refused: the parser would end it there, and "F32\u0000junk" would read as F32.
+int msd_st_read_as(struct msd_st_file *f, const char *path, const char *what);
 int msd_st_read(struct msd_st_file *f, const char *path);
 // Free what msd_st_read allocated and zero *f. Safe on a zeroed struct and twice.
 void msd_st_free(struct msd_st_file *f);
@@ -54,6 +64,10 @@ const struct msd_st_tensor *msd_st_find(const struct msd_st_file *f, const char 
 // F32/F16/BF16.
 int msd_st_get_f32(const struct msd_st_file *f, const char *name, int ndim, const int64_t *shape,
                    float *dst);
+// The checks of msd_st_get_f32 without the copy: 0 when the tensor is there with this shape and a
+// dtype the getter converts, else -1 with the getter's message. Lets a loader compare a whole file
+// with what it expects before it allocates anything.
+int msd_st_check_f32(const struct msd_st_file *f, const char *name, int ndim, const int64_t *shape);
 // The "__metadata__" string value under key, or NULL (no metadata, or no such key).
 const char *msd_st_meta(const struct msd_st_file *f, const char *key);
 

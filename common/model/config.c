@@ -18,13 +18,21 @@
 #include "common/core/error.h"
 #include "common/core/util.h"
 
-// Upper limits that are not part of the model but keep every width product (and the sizes later
-// computed from them) far inside int: 8192 * 64 * 2 channels is still a small number.
+// Upper limits that are not part of the model. No real network comes near them: EDM's largest
+// (ImageNet 64, FFHQ) have model_channels 192 to 256 and channel_mult up to 4, the paper's CIFAR-10
+// ones 128 and 2, with decoders of 16 to 192. They keep every width product, and so every tensor's
+// size and every fan-in, far inside int (1024 * 16 * 3 channels), and a config read from a file that
+// asks for terabytes is refused here, before anything is built. The total parameter count is bounded
+// on the parameter table (MSD_MAX_PARAMS, model.h), where the sizes are computed.
 #define MAX_RESOLUTION 4096
 #define MAX_IMG_CHANNELS 64
-#define MAX_WIDTH 8192 // model_channels and every decoder width
-#define MAX_MULT 64    // channel_mult[l] and channel_mult_emb
-#define MAX_BLOCKS 15 // the model keeps up to MSD_MAX_LEVELS * 16 skips
+#define MAX_WIDTH MSD_MAX_WIDTH // model_channels and every decoder width
+#define MAX_MULT 16             // channel_mult[l] and channel_mult_emb
+#define MAX_BLOCKS 15           // the model keeps up to MSD_MAX_LEVELS * 16 skips
+// Self-attention keeps an (N, HW, HW) matrix a block: at 256 x 256 that is 2^32 floats an image, and
+// with the largest batch (2^16) the activation sizes stay far inside size_t. EDM attends at 16 (DDPM++)
+// or at 32, 16 and 8 (ADM).
+#define MAX_ATTN_RES 256
 
 // ---------------------------------------------------------------------------------------------------
 // Presets. Static storage zeroes every unlisted field and array slot, so a preset copied into a
@@ -169,7 +177,7 @@ static int validate(const struct msd_config *c, const char *who) {
         return msd_set_error("%s: out_channels = %d, expected in_channels = %d (a denoiser returns an "
                              "image like its input: D = c_skip x + c_out F)", who, c->out_channels,
                              c->in_channels);
-    RANGE(model_channels, 4, MAX_WIDTH, " (the positional embedding needs C/2 - 1 > 0)");
+    RANGE(model_channels, 4, MAX_WIDTH, " (the positional embedding needs C/2 - 1 > 0; no real network is wider)");
     if (c->model_channels % 2)
         return msd_set_error("%s: model_channels = %d, expected an even number (the positional "
                              "embedding is C/2 sines and C/2 cosines)", who, c->model_channels);
@@ -187,6 +195,9 @@ static int validate(const struct msd_config *c, const char *who) {
     RANGE(n_attn, 0, MSD_MAX_LEVELS, " (the length of attn_resolutions)");
     for (int a = 0; a < c->n_attn; a++) {
         int r = c->attn_resolutions[a], found = 0;
+        if (r > MAX_ATTN_RES)
+            return msd_set_error("%s: attn_resolutions[%d] = %d, expected at most %d (self-attention keeps an "
+                                 "(HW x HW) matrix an image)", who, a, r, MAX_ATTN_RES);
         for (int l = 0; l < c->n_levels; l++) found |= r == c->img_resolution >> l;
         if (!found)
             return msd_set_error("%s: attn_resolutions[%d] = %d is not a resolution of the network "

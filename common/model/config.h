@@ -12,6 +12,7 @@
 
 #define MSD_MAX_LEVELS 6
 #define MSD_MAX_STAGES 8
+#define MSD_MAX_WIDTH 1024 // the widest model_channels and decoder width (reasons in config.c)
 
 enum msd_precond { MSD_PRECOND_EDM, MSD_PRECOND_VP };
 

@@ -213,7 +213,7 @@ static void build_decoder(struct builder *b, struct msd_decoder *dec, int d, con
     CHECK(top == 0, "decoder consumed %d of %d skips", n_skips - top, n_skips);
 }
 
-int msd_model_create(struct msd_model *m, const struct msd_config *cfg, const struct msd_backend *be) {
+int msd_model_build(struct msd_model *m, const struct msd_config *cfg, const struct msd_backend *be) {
     memset(m, 0, sizeof *m);
     if (msd_config_validate(cfg) < 0) return -1;
     m->cfg = *cfg;
@@ -243,12 +243,30 @@ int msd_model_create(struct msd_model *m, const struct msd_config *cfg, const st
             build_decoder(&b, &m->dec[s], cfg->dec_channels[s], skips, n_skips, &dropout_id);
         }
     }
-    m->w = be->alloc(m->n_floats);
-    if (!m->w) {
-        size_t n = m->n_floats;
+    if (m->n_floats > MSD_MAX_PARAMS) {
+        const size_t n = m->n_floats;
         msd_model_free(m);
-        return msd_set_error("cannot allocate %.1f MB for the %zu parameters on backend %s", n * 4.0 / 1e6, n,
-                             be->name);
+        return msd_set_error("the config's network has %zu parameters, more than the %zu (%zu GiB of float32) "
+                             "msdiff takes: its widths (model_channels, decoders, channel_mult) are too large", n,
+                             MSD_MAX_PARAMS, MSD_MAX_PARAMS * sizeof(float) >> 30);
+    }
+    return 0;
+}
+
+int msd_model_alloc(struct msd_model *m) {
+    CHECK(m->params && !m->w, "msd_model_alloc wants a built model without parameter memory");
+    m->w = m->be->alloc(m->n_floats);
+    if (!m->w)
+        return msd_set_error("cannot allocate %.1f MB for the %zu parameters on backend %s", m->n_floats * 4.0 / 1e6,
+                             m->n_floats, m->be->name);
+    return 0;
+}
+
+int msd_model_create(struct msd_model *m, const struct msd_config *cfg, const struct msd_backend *be) {
+    if (msd_model_build(m, cfg, be) < 0) return -1;
+    if (msd_model_alloc(m) < 0) {
+        msd_model_free(m);
+        return -1;
     }
     return 0;
 }

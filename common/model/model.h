@@ -123,8 +123,20 @@ struct msd_model {
     struct msd_dbufs *dbufs;     // preconditioning and loss buffers, sized with acts
 };
 
-// Build the structure and the parameter table for cfg (validated first) and allocate the parameter
-// buffer on backend be (contents undefined until init or load). -1 with a message on a bad config.
+// The most parameters a network may have: 2^30 floats, 4 GiB of weights and 20 GiB with the gradients,
+// Adam's moments and the EMA that training keeps. No real model comes near: EDM's largest networks
+// (ImageNet 64) have about 300M, the paper's CIFAR-10 ones 56M (unified) to 168M (three separate
+// networks). It is checked on the parameter table, before anything of that size is allocated.
+#define MSD_MAX_PARAMS ((size_t)1 << 30)
+
+// Build the structure and the parameter table for cfg (validated first) on backend be, without any
+// parameter memory (m->w stays NULL): a loader compares this table with a file's tensors before it
+// allocates. -1 with a message, *m empty, on a bad config or one above MSD_MAX_PARAMS parameters.
+int msd_model_build(struct msd_model *m, const struct msd_config *cfg, const struct msd_backend *be);
+// Allocate the parameter buffer of a built model (contents undefined until init or load). -1 with a
+// message when memory runs out; the model stays built (msd_model_free frees it).
+int msd_model_alloc(struct msd_model *m);
+// msd_model_build, then msd_model_alloc: -1 with a message and *m empty when either fails.
 int msd_model_create(struct msd_model *m, const struct msd_config *cfg, const struct msd_backend *be);
 void msd_model_free(struct msd_model *m);
 // EDM initialisation from the counter RNG: parameter i of the buffer draws (seed, MSD_STREAM_INIT, i).
@@ -133,7 +145,9 @@ void msd_model_init_weights(struct msd_model *m, uint64_t seed);
 // initial values, xavier-uniform ones from (seed, MSD_STREAM_INIT, offset + i), the others 0 or 1.
 void msd_params_init(const struct msd_param *params, int n_params, float *host, uint64_t seed);
 // Plan the activation arena for batch size N (re-plans when N changes); with_grad also allocates the
-// gradient buffer and the backward scratch. -1 with a message when memory runs out.
+// gradient buffer and the backward scratch. -1 with a message when memory runs out: the size asked
+// for, the batch and the backend; what to do about it (a smaller --batch, or not, on --resume) is the
+// command's to add.
 int msd_model_plan(struct msd_model *m, int N, bool with_grad);
 
 // The batch size the activations are planned for (0 when unplanned).

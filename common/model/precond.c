@@ -68,8 +68,8 @@ static struct msd_dbufs *dbufs(struct msd_model *m, int N) {
     for (size_t i = 0; i < sizeof imgs / sizeof imgs[0]; i++)
         if (!*imgs[i]) {
             msd_denoiser_release(m);
-            msd_set_error("cannot allocate %.1f MB for the denoiser's buffers at batch %d (try a smaller "
-                          "--batch)", 7 * M * 4.0 / 1e6, N);
+            msd_set_error("cannot allocate %.1f MB for the denoiser's buffers at a batch of %d images on backend %s",
+                          7 * M * 4.0 / 1e6, N, m->be->name);
             return NULL;
         }
     return d;

@@ -321,10 +321,14 @@ static int opts_from_json(struct msd_train_opts *o, const char *text, const char
     }
     cJSON *seed = cJSON_GetObjectItemCaseSensitive(j, "seed"), *batch = cJSON_GetObjectItemCaseSensitive(j, "batch");
     cJSON *policy = cJSON_GetObjectItemCaseSensitive(j, "policy"), *xflip = cJSON_GetObjectItemCaseSensitive(j, "xflip");
-    if (rc == 0 && (!cJSON_IsString(seed) || !cJSON_IsNumber(batch) || batch->valueint < 1 ||
-                    !cJSON_IsString(policy) || !cJSON_IsBool(xflip)))
-        rc = msd_set_error("training state '%s': \"train\" needs seed (string), batch (>= 1), policy and xflip",
+    if (rc == 0 && (!cJSON_IsString(seed) || !cJSON_IsNumber(batch) || !cJSON_IsString(policy) ||
+                    !cJSON_IsBool(xflip)))
+        rc = msd_set_error("training state '%s': \"train\" needs seed (string), batch (number), policy and xflip",
                            path);
+    // the range of msdiff train --batch: the activations planned for the batch are sized by it
+    if (rc == 0 && !(batch->valuedouble >= 1 && batch->valuedouble <= MSD_MAX_BATCH))
+        rc = msd_set_error("training state '%s': \"train\" batch %g, expected a whole number of images from 1 to %d "
+                           "(the range of msdiff train --batch)", path, batch->valuedouble, MSD_MAX_BATCH);
     const char *end = NULL;
     unsigned long long seed_value = 0;
     if (rc == 0 && (!read_digits(seed->valuestring, UINT64_MAX, &seed_value, &end) || *end ||
@@ -350,16 +354,37 @@ static int opts_from_json(struct msd_train_opts *o, const char *text, const char
     return rc;
 }
 
+// The four buffers of the state file, each m->n_floats long, in the order of the file.
+static const char *const STATE_TENSORS[4] = {"weights", "adam_m", "adam_v", "ema"};
+
+// x (host, the state tensor `name` of model m) has no NaN and no infinity, or -1 with a message that
+// names the file, the tensor, the first bad element and the parameter it belongs to, then `then`.
+static int check_finite(const struct msd_model *m, const float *x, const char *path, const char *name,
+                        const char *then) {
+    size_t i = 0;
+    while (i < m->n_floats && isfinite(x[i])) i++;
+    if (i == m->n_floats) return 0;
+    int k = 0;
+    while (k + 1 < m->n_params && m->params[k + 1].offset <= i) k++; // the table lays offsets out in order
+    return msd_set_error("training state '%s': tensor '%s' element %zu (parameter '%s' element %zu) is %g; "
+                         "expected finite values%s", path, name, i, m->params[k].name, i - m->params[k].offset,
+                         (double)x[i], then);
+}
+
 int msd_train_save(const char *path, const struct msd_model *m, const struct msd_train_state *st,
                    const struct msd_train_opts *o) {
     const size_t N = m->n_floats;
     float *host = xmalloc(4 * N * sizeof(float));
     const float *src[4] = {m->w, st->adam_m, st->adam_v, st->ema};
-    static const char *names[4] = {"weights", "adam_m", "adam_v", "ema"};
     struct msd_st_entry e[4];
     for (int i = 0; i < 4; i++) {
         m->be->download(host + i * N, src[i], N);
-        e[i] = (struct msd_st_entry){names[i], 1, {(int64_t)N}, host + i * N};
+        e[i] = (struct msd_st_entry){STATE_TENSORS[i], 1, {(int64_t)N}, host + i * N};
+        // loading refuses a NaN or an infinity, so a state holding one must never replace a good file
+        if (check_finite(m, host + i * N, path, STATE_TENSORS[i], "; nothing was written") < 0) {
+            free(host);
+            return -1;
+        }
     }
     char step[32], images[32], adam[16 * (1 + MSD_MAX_STAGES)] = "";
     snprintf(step, sizeof step, "%ld", st->step);
@@ -374,12 +399,14 @@ int msd_train_save(const char *path, const struct msd_model *m, const struct msd
     return rc;
 }
 
+// The network is built from the file's config as a table only; the four buffers of its size are
+// allocated once the file is known to hold each of them with that many elements.
 int msd_train_load(const char *path, struct msd_model *m, struct msd_train_state *st,
                    struct msd_train_opts *o, const struct msd_backend *be) {
     memset(m, 0, sizeof *m);
     memset(st, 0, sizeof *st);
     struct msd_st_file f;
-    if (msd_st_read(&f, path) < 0) return -1;
+    if (msd_st_read_as(&f, path, "training state") < 0) return -1;
     const char *config = msd_st_meta(&f, "config"), *train = msd_st_meta(&f, "train");
     const char *step = msd_st_meta(&f, "step"), *images = msd_st_meta(&f, "images");
     const char *adam = msd_st_meta(&f, "adam_steps");
@@ -390,8 +417,14 @@ int msd_train_load(const char *path, struct msd_model *m, struct msd_train_state
                            "adam_steps (is it a model checkpoint rather than a state file?)", path);
     if (rc == 0 && (msd_config_from_json(&cfg, config, path) < 0 || opts_from_json(o, train, path) < 0))
         rc = -1;
-    if (rc == 0 && msd_model_create(m, &cfg, be) < 0) rc = -1;
-    if (rc == 0 && msd_train_state_init(st, m) < 0) rc = -1;
+    if (rc == 0 && msd_model_build(m, &cfg, be) < 0) {
+        char why[768];
+        snprintf(why, sizeof why, "%s", msd_last_error());
+        rc = msd_set_error("training state '%s': %s", path, why);
+    }
+    for (int i = 0; rc == 0 && i < 4; i++)
+        rc = msd_st_check_f32(&f, STATE_TENSORS[i], 1, (int64_t[]){(int64_t)m->n_floats});
+    if (rc == 0 && (msd_model_alloc(m) < 0 || msd_train_state_init(st, m) < 0)) rc = -1;
     if (rc == 0) {
         const char *end;
         unsigned long long count;
@@ -413,11 +446,10 @@ int msd_train_load(const char *path, struct msd_model *m, struct msd_train_state
     }
     float *host = rc == 0 ? xmalloc(m->n_floats * sizeof(float)) : NULL;
     float *dst[4] = {m->w, st->adam_m, st->adam_v, st->ema};
-    static const char *names[4] = {"weights", "adam_m", "adam_v", "ema"};
     for (int i = 0; rc == 0 && i < 4; i++) {
-        int64_t shape[1] = {(int64_t)m->n_floats};
-        if (msd_st_get_f32(&f, names[i], 1, shape, host) < 0) rc = -1;
-        else be->upload(dst[i], host, m->n_floats);
+        rc = msd_st_get_f32(&f, STATE_TENSORS[i], 1, (int64_t[]){(int64_t)m->n_floats}, host);
+        if (rc == 0) rc = check_finite(m, host, path, STATE_TENSORS[i], "");
+        if (rc == 0) be->upload(dst[i], host, m->n_floats);
     }
     free(host);
     msd_st_free(&f);

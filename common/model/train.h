@@ -27,6 +27,9 @@ enum msd_policy {
     MSD_POLICY_UNIFORM,   // score_sde's: a stage uniformly, then sigmas from the law restricted to it
 };
 
+// The largest batch: the range of msdiff train --batch, and what a state file may hold.
+#define MSD_MAX_BATCH 65536
+
 struct msd_train_opts {
     uint64_t seed;
     int batch;
@@ -80,10 +83,16 @@ int msd_eval_loss(struct msd_model *m, const float *w, const struct msd_dataset 
                   const double *sigmas, int n_sigmas, double *losses);
 
 // The training state file: weights, Adam moments, EMA, counters, config and options, written
-// atomically; loading checks everything against the model it is loaded into.
+// atomically; loading checks everything against the model it is loaded into. Saving refuses a state
+// with a NaN or an infinity in any of the four buffers (the message names the buffer, the element
+// and its parameter) before any file is touched, so a run gone bad in memory never replaces a good
+// state file.
 int msd_train_save(const char *path, const struct msd_model *m, const struct msd_train_state *st,
                    const struct msd_train_opts *o);
-// Load a state file written by msd_train_save: creates *m (on backend be) and *st, fills *o.
+// Load a state file written by msd_train_save: creates *m (on backend be) and *st, fills *o. The
+// config builds the parameter table first; the four buffers are allocated only once the file holds
+// each with that many elements. Every value must be finite and the batch within 1..MSD_MAX_BATCH.
+// -1 with a message naming the file; *m and *st are then empty.
 int msd_train_load(const char *path, struct msd_model *m, struct msd_train_state *st,
                    struct msd_train_opts *o, const struct msd_backend *be);
 

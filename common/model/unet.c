@@ -177,8 +177,9 @@ int msd_model_plan(struct msd_model *m, int N, bool with_grad) {
     A->arena = m->be->alloc(p.used);
     if (!A->arena) {
         free(A);
-        return msd_set_error("cannot allocate %.1f MB of activations for batch %d (try a smaller --batch)",
-                             p.used * 4.0 / 1e6, N);
+        // no hint here: whether the batch can change is the caller's to say (a resumed run's cannot)
+        return msd_set_error("cannot allocate %.1f MB of activations for a batch of %d images on backend %s",
+                             p.used * 4.0 / 1e6, N, m->be->name);
     }
     p = (struct msd_arena_plan){A->arena, 0};
     plan_all(m, &p, A, N, with_grad);
