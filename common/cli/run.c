@@ -215,6 +215,10 @@ int msd_run_update(const char *dir, const struct msd_run_opts *r) {
 static int save_all(struct msd_model *m, struct msd_train_state *st, const struct msd_train_opts *o,
                     const struct msd_run_opts *r, bool snapshot) {
     char path[4096];
+    // nothing is written unless all of it is finite: the EMA checkpoint goes first, the moments only
+    // into the state file last
+    path_in(path, sizeof path, r->dir, "state.safetensors");
+    if (msd_train_check_finite(m, st, path) < 0) return -1;
     // the EMA as a sampling checkpoint: swap it in as the weights for the save
     float *w = m->w;
     m->w = st->ema;

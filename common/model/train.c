@@ -371,6 +371,18 @@ static int check_finite(const struct msd_model *m, const float *x, const char *p
                          (double)x[i], then);
 }
 
+int msd_train_check_finite(const struct msd_model *m, const struct msd_train_state *st, const char *path) {
+    float *host = xmalloc(m->n_floats * sizeof(float));
+    const float *src[4] = {m->w, st->adam_m, st->adam_v, st->ema};
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < 4; i++) {
+        m->be->download(host, src[i], m->n_floats);
+        rc = check_finite(m, host, path, STATE_TENSORS[i], "; nothing was written");
+    }
+    free(host);
+    return rc;
+}
+
 int msd_train_save(const char *path, const struct msd_model *m, const struct msd_train_state *st,
                    const struct msd_train_opts *o) {
     const size_t N = m->n_floats;

@@ -89,6 +89,10 @@ int msd_eval_loss(struct msd_model *m, const float *w, const struct msd_dataset 
 // state file.
 int msd_train_save(const char *path, const struct msd_model *m, const struct msd_train_state *st,
                    const struct msd_train_opts *o);
+// The same check alone: 0 when the weights, both moments and the EMA are finite, else -1 with the
+// message msd_train_save would give for a state file at path. A run calls it before it writes any of
+// its files (the EMA checkpoint goes first), so that nothing of a bad step is saved.
+int msd_train_check_finite(const struct msd_model *m, const struct msd_train_state *st, const char *path);
 // Load a state file written by msd_train_save: creates *m (on backend be) and *st, fills *o. The
 // config builds the parameter table first; the four buffers are allocated only once the file holds
 // each with that many elements. Every value must be finite and the batch within 1..MSD_MAX_BATCH.
