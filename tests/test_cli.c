@@ -557,9 +557,9 @@ static struct test_run msdiff_capped(const char *args) {
     return test_run_argv((const char *const[]){"/bin/sh", "-c", cmd, NULL});
 }
 
-// Planning a batch that does not fit: a new run is told to try a smaller --batch and leaves no run
-// folder behind; a resumed run, whose batch its state fixes (and which refuses --batch), is told so
-// instead, and is never pointed at --batch.
+// Planning a batch that does not fit: a new run and sample are told to try a smaller --batch (the run
+// leaves no run folder behind); a resumed run, whose batch its state fixes (and which refuses --batch),
+// is told so instead, and is never pointed at --batch.
 START_TEST(train_batch_out_of_memory) {
 #if defined(__SANITIZE_ADDRESS__)
     printf("train_batch_out_of_memory: SKIPPED, AddressSanitizer needs more address space than the cap\n");
@@ -572,6 +572,13 @@ START_TEST(train_batch_out_of_memory) {
     TEST_EXPECT_FAIL(&r, 1, "activations for a batch of 65536 images", "try a smaller --batch");
     test_run_free(&r);
     ck_assert_msg(!test_exists(fresh), "the failed run left %s behind", fresh);
+    // sample's batch is its --batch too
+    MSDIFF_OK("init", "--preset", "mini", "--out", test_path("oom.safetensors"));
+    snprintf(args, sizeof args, "sample --model %s --seeds 0-4095 --batch 4096 --steps 1 --backend ref --grid %s",
+             test_path("oom.safetensors"), test_path("oom.png"));
+    r = msdiff_capped(args);
+    TEST_EXPECT_FAIL(&r, 1, "activations for a batch of 4096 images", "try a smaller --batch");
+    test_run_free(&r);
 
     // a run whose state holds a batch of 65536, as a run started on a larger machine would
     struct msd_config c;

@@ -54,12 +54,7 @@ static int denoise_chunks(struct msd_model *m, float *D, const float *x, int N, 
     const int stage = msd_config_stage_of(&m->cfg, sigma); // every image is at sigma
     for (int start = 0; rc == 0 && start < N; start += B) {
         const int n = N - start < B ? N - start : B;
-        if ((rc = msd_model_plan(m, n, false))) { // re-plans only when n changes
-            char why[768];
-            snprintf(why, sizeof why, "%s", msd_last_error());
-            rc = msd_set_error("%s: try a smaller --batch", why);
-            break;
-        }
+        if ((rc = cmd_plan_batch(m, n))) break; // re-plans only when n changes
         be->upload(dx, x + (size_t)start * M, (size_t)n * M);
         if ((rc = msd_denoise_forward(m, stage, dD, dx, sig, &opts))) break;
         be->download(D + (size_t)start * M, dD, (size_t)n * M);

@@ -110,7 +110,7 @@ static int sample_images(struct msd_model *m, float *images, int n, int steps, i
         const int k = n - first < B ? n - first : B;
         d.n = k;
         o.seeds = seeds + first;
-        if ((rc = msd_model_plan(m, k, false)) < 0) break;
+        if ((rc = cmd_plan_batch(m, k)) < 0) break;
         msd_sample_latent(be, x, k, M, seeds + first, sigmas[0]);
         if (msd_sample(be, k, M, x, sigmas, steps + 1, &o, msd_batch_denoise, &d) < 0) rc = -1;
         else be->download(images + (size_t)first * M, x, (size_t)k * M);

@@ -261,7 +261,7 @@ int cmd_sample(int argc, char **argv) {
         d.n = p.batch_images = n;
         p.done_images = first;
         so2.seeds = seeds + first;
-        if ((rc = msd_model_plan(&m, n, false)) < 0) break;
+        if ((rc = cmd_plan_batch(&m, n)) < 0) break;
         msd_sample_latent(be, x, n, M, seeds + first, sigmas[0]);
         if ((evals = msd_sample(be, n, M, x, sigmas, intervals + 1, &so2, msd_batch_denoise, &d)) < 0) rc = -1;
         else be->download(images + (size_t)first * M, x, (size_t)n * M);

@@ -9,6 +9,7 @@
 #include "cli.h"
 
 struct msd_config;
+struct msd_model;
 
 // The number of entries of an array (a flag table, a list of names).
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -19,6 +20,9 @@ int cmd_fail(void);
 int cmd_parse(const char *cmd, int argc, char **argv, struct cli_opt *o, int n, bool *done);
 // The backend named by a --backend flag (NULL: the fastest available), or NULL after printing why.
 const struct msd_backend *cmd_backend(const char *cmd, const char *name);
+// msd_model_plan for a batch of n images, whose size the command's --batch sets: when the memory is
+// not there, the library's message (size, batch, backend) gets "try a smaller --batch".
+int cmd_plan_batch(struct msd_model *m, int n);
 // Where an output flag writes, checked before a long computation so that it cannot end unable to save
 // (a typo in a folder name is found at once). A file (--grid, --csv, --out): its folder exists, is a
 // folder and is writable, and the path itself is not a folder. An existing device, pipe or symbolic

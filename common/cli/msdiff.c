@@ -19,6 +19,7 @@
 #include "common/core/error.h"
 #include "common/core/util.h"
 #include "common/model/config.h"
+#include "common/model/model.h"
 #include "cli.h"
 #include "commands.h"
 
@@ -112,6 +113,13 @@ const struct msd_backend *cmd_backend(const char *cmd, const char *name) {
     const struct msd_backend *be = msd_backend_get(name);
     if (!be) cli_error(cmd, "--backend: %s", msd_last_error());
     return be;
+}
+
+int cmd_plan_batch(struct msd_model *m, int n) {
+    if (msd_model_plan(m, n, false) == 0) return 0;
+    char why[768];
+    snprintf(why, sizeof why, "%s", msd_last_error());
+    return msd_set_error("%s: try a smaller --batch", why);
 }
 
 // Parse a command's flags; *done is set when the command should return the value at once (help

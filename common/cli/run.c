@@ -108,7 +108,8 @@ int msd_run_create(const struct msd_model *m, const struct msd_train_opts *o, co
     cJSON_AddItemToObject(j, "config", cJSON_Parse(config));
     cJSON_AddStringToObject(j, "data", r->data);
     cJSON_AddNumberToObject(j, "steps", (double)r->steps);
-    cJSON_AddNumberToObject(j, "ckpt_every", (double)r->ckpt_every);
+    if (r->ckpt_every > 0) // 0 (saves at the end only) is recorded as no value, which reads back as 0
+        cJSON_AddNumberToObject(j, "ckpt_every", (double)r->ckpt_every);
     cJSON_AddNumberToObject(j, "snapshot_every", (double)r->snapshot_every);
     cJSON_AddNumberToObject(j, "batch", o->batch);
     char seed[32];
@@ -200,7 +201,8 @@ int msd_run_update(const char *dir, const struct msd_run_opts *r) {
     cJSON *j = read_run_json(dir, path, sizeof path);
     if (!j) return -1;
     set_number(j, "steps", r->steps);
-    set_number(j, "ckpt_every", r->ckpt_every);
+    if (r->ckpt_every > 0) set_number(j, "ckpt_every", r->ckpt_every);
+    else cJSON_DeleteItemFromObjectCaseSensitive(j, "ckpt_every");
     set_number(j, "snapshot_every", r->snapshot_every);
     char *text = cJSON_Print(j);
     cJSON_Delete(j);

@@ -27,7 +27,7 @@ struct msd_run_opts {
     const char *dir;      // the run folder (created when missing)
     const char *data;     // the data spec, recorded in run.json
     long steps;           // the step count at which the run ends
-    long ckpt_every;      // steps between checkpoints (state + EMA); the end always saves
+    long ckpt_every;      // steps between checkpoints (state + EMA); the end always saves; 0 = only the end
     long snapshot_every;  // steps between kept EMA snapshots; 0 = none
     double log_seconds;   // a progress line at least this often (and at the end)
     bool quiet;           // no progress lines on stdout (the CSV is still written)
@@ -56,8 +56,8 @@ const char *msd_run_model_path(const char *model, char *buf, size_t size);
 struct msd_run_record {
     char *data;          // the data spec, malloc'd (free it)
     long steps;          // the step target, 1..10^9
-    long ckpt_every;     // 1..10^9; 0 when run.json does not say (a folder of an older version):
-                         // the caller's default applies
+    long ckpt_every;     // 1..10^9; 0 when run.json does not say (a folder of an older version, or a run
+                         // created with 0): the caller's default applies
     long snapshot_every; // 0..10^9; 0 (none) when run.json does not say
 };
 // Read DIR/run.json. -1 with a message naming the file and the field.
