@@ -384,6 +384,22 @@ END_TEST
 START_TEST(sigterm_saves_and_resumes) { stop_by_signal(SIGTERM, "SIGTERM", 143); }
 END_TEST
 
+// A run stopped before its first save has run.json and no state: --resume says so and how to go on
+// (the command that created it), and that command then starts the run afresh.
+START_TEST(resume_without_a_state) {
+    const char *data = test_path("data28"), *run = test_path("R-nostate");
+    const char *argv[] = {"./msdiff", "train", "--preset", "mini", "--data", data, "--steps", "1", "--batch", "2",
+                          "--out", run, "--quiet", NULL};
+    test_run_ok(argv);
+    ck_assert(remove(test_pathf("%s/state.safetensors", run)) == 0);
+    struct test_run r = MSDIFF("train", "--out", run, "--resume");
+    TEST_EXPECT_FAIL(&r, 1, "has no state.safetensors yet", "without --resume");
+    test_run_free(&r);
+    test_run_ok(argv);
+    ck_assert_msg(state_step(test_pathf("%s/state.safetensors", run)) == 1, "the run started again did not save");
+}
+END_TEST
+
 // A run killed (SIGKILL) after its first save and before its first progress row keeps a log.csv that
 // is its header, and the save intervals of run.json: a resume without --ckpt-every saves every step
 // as the run was told to, not at its default of a tenth of the run.
@@ -574,6 +590,7 @@ int main(void) {
     const TTest *tests[] = {
         sample_deterministic_and_batch_independent, train_then_sample, resume_equals_uninterrupted,
         sigint_saves_and_resumes, sigterm_saves_and_resumes, kill_keeps_the_log_header_and_the_save_intervals,
+        resume_without_a_state,
         train_bad_input, sample_bad_input, run_json_numbers_are_checked,
     };
     return run_tests("workflow", 600, tests, TEST_COUNT(tests));

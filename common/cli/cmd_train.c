@@ -1,11 +1,13 @@
 // cmd_train.c: `msdiff train`: flags to a model, a data set, training options and a run folder.
 // The loop itself is common/cli/run.c; one step is common/model/train.c.
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "common/model/config.h"
@@ -157,6 +159,12 @@ int cmd_train(int argc, char **argv) {
         if (!ckpt) ckpt = default_ckpt_every(target);
         char path[4096];
         snprintf(path, sizeof path, "%s/state.safetensors", out);
+        if (access(path, F_OK) != 0 && errno == ENOENT) { // run.json without a state: stopped before a save
+            free(data_spec);
+            msd_set_error("the run in %s has no state.safetensors yet: it stopped before its first checkpoint; "
+                          "start it again with the command that created it (without --resume)", out);
+            return cmd_fail();
+        }
         if (msd_train_load(path, &m, &st, &to, be) < 0) {
             free(data_spec);
             return cmd_fail();
