@@ -424,6 +424,25 @@ START_TEST(bad_files) {
     const char *cut = test_path("cut.safetensors");
     test_write_file(cut, bytes, len / 2);
     expect_load_fails(cut, test_pathf("classifier '%s': ", cut), "truncated");
+    // a NaN weight: refused by the save, and by the load of a file that holds one anyway
+    const char *nan_file = test_path("nan.safetensors");
+    char *with_nan = test_read_file(good, NULL);
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, good) == 0, "%s", msd_last_error());
+    const struct msd_st_tensor *t = msd_st_find(&f, "fc.weight");
+    ck_assert(t != NULL && !strcmp(t->dtype, "F32"));
+    const float nan = NAN;
+    memcpy(with_nan + (len - f.data_len) + t->begin + 3 * sizeof(float), &nan, sizeof nan); // element 3
+    msd_st_free(&f);
+    test_write_file(nan_file, with_nan, len);
+    free(with_nan);
+    expect_load_fails(nan_file, "tensor 'fc.weight' element 3 is nan", "expected finite weights");
+    c.w[c.params[0].offset + 2] = INFINITY;
+    ck_assert_msg(msd_classifier_save(&c, test_path("inf.safetensors"), NULL, NULL, 0) == -1,
+                  "a weight of inf was saved");
+    ck_assert_msg(strstr(msd_last_error(), "element 2 is inf") && !test_exists(test_path("inf.safetensors")),
+                  "%s", msd_last_error());
+    msd_classifier_init(&c, SEED);
 
     // a save that fails (its temp file cannot be created) leaves the existing file as it was
     ck_assert(mkdir(test_pathf("%s.tmp", good), 0777) == 0);

@@ -518,6 +518,10 @@ int msd_classifier_save(const struct msd_classifier *c, const char *path, const 
                         const char *const *meta_values, int n_meta) {
     float *host = xmalloc(c->n_floats * sizeof(float));
     c->be->download(host, c->w, c->n_floats);
+    if (msd_params_check_finite(c->params, c->n_params, host, "classifier", path, ", nothing was written") < 0) {
+        free(host);
+        return -1;
+    }
     struct msd_st_entry e[MSD_CLS_PARAMS];
     for (int i = 0; i < c->n_params; i++) {
         const struct msd_param *p = &c->params[i];
@@ -565,6 +569,7 @@ int msd_classifier_load(struct msd_classifier *c, const char *path, const struct
         for (int k = 0; k < p->ndim; k++) shape[k] = p->shape[k];
         rc = msd_st_get_f32(&f, p->name, p->ndim, shape, host + p->offset); // names file, tensor, shapes
     }
+    if (rc == 0) rc = msd_params_check_finite(c->params, c->n_params, host, "classifier", path, "");
     for (int i = 0; rc == 0 && i < f.n_tensors; i++)
         if (!find_param(c, f.tensors[i].name))
             rc = msd_set_error("classifier '%s': unexpected tensor '%s' (the config in the file has %d tensors: "

@@ -1,7 +1,6 @@
 // checkpoint.c: saving and loading models (checkpoint.h).
 #include "checkpoint.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,15 +56,9 @@ int msd_checkpoint_save_as(const struct msd_model *m, const char *path, bool f16
     float *host = xmalloc(m->n_floats * sizeof(float));
     m->be->download(host, m->w, m->n_floats);
     // loading refuses a NaN or an infinity, so saving one would only make a file nothing can read
-    for (int i = 0; i < m->n_params; i++) {
-        const struct msd_param *p = &m->params[i];
-        for (size_t k = 0; k < p->numel; k++)
-            if (!isfinite(host[p->offset + k])) {
-                const double v = host[p->offset + k];
-                free(host);
-                return msd_set_error("checkpoint '%s': tensor '%s' element %zu is %g; expected finite weights, "
-                                     "nothing was written", path, p->name, k, v);
-            }
+    if (msd_params_check_finite(m->params, m->n_params, host, "checkpoint", path, ", nothing was written") < 0) {
+        free(host);
+        return -1;
     }
     struct save_ctx s = {xcalloc((size_t)m->n_params * 2, sizeof(struct msd_st_entry)), 0};
     for (int i = 0; i < m->n_params; i++) {
@@ -167,16 +160,14 @@ static int copy_weights(struct msd_model *m, const struct msd_st_file *f) {
         const struct msd_param *p = &m->params[i];
         int64_t shape[4];
         for (int d = 0; d < p->ndim; d++) shape[d] = p->shape[d];
-        float *w = host + p->offset;
-        int rc = msd_st_get_f32(f, p->name, p->ndim, shape, w);
-        for (size_t k = 0; rc == 0 && k < p->numel; k++)
-            if (!isfinite(w[k]))
-                rc = msd_set_error("%s '%s': tensor '%s' element %zu is %g; expected finite weights", f->what,
-                                   f->path, p->name, k, (double)w[k]);
-        if (rc < 0) {
+        if (msd_st_get_f32(f, p->name, p->ndim, shape, host + p->offset) < 0) {
             free(host);
             return -1;
         }
+    }
+    if (msd_params_check_finite(m->params, m->n_params, host, f->what, f->path, "") < 0) {
+        free(host);
+        return -1;
     }
     m->be->upload(m->w, host, m->n_floats);
     free(host);

@@ -304,6 +304,18 @@ void msd_params_init(const struct msd_param *params, int n_params, float *host, 
     }
 }
 
+int msd_params_check_finite(const struct msd_param *params, int n_params, const float *host, const char *what,
+                            const char *path, const char *then) {
+    for (int i = 0; i < n_params; i++) {
+        const struct msd_param *p = &params[i];
+        for (size_t k = 0; k < p->numel; k++)
+            if (!isfinite(host[p->offset + k]))
+                return msd_set_error("%s '%s': tensor '%s' element %zu is %g; expected finite weights%s", what, path,
+                                     p->name, k, (double)host[p->offset + k], then);
+    }
+    return 0;
+}
+
 void msd_model_init_weights(struct msd_model *m, uint64_t seed) {
     float *host = xmalloc(m->n_floats * sizeof(float));
     msd_params_init(m->params, m->n_params, host, seed);

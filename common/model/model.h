@@ -144,6 +144,11 @@ void msd_model_init_weights(struct msd_model *m, uint64_t seed);
 // The same rule for any parameter table (the classifier's too): host (n_floats) gets every parameter's
 // initial values, xavier-uniform ones from (seed, MSD_STREAM_INIT, offset + i), the others 0 or 1.
 void msd_params_init(const struct msd_param *params, int n_params, float *host, uint64_t seed);
+// Every value of every parameter of a table (host, laid out by the table) finite, or -1 with
+// "<what> '<path>': tensor '<name>' element <i> is <value>; expected finite weights<then>". A network with
+// a NaN or an infinity gives NaN wherever it reaches, so neither loading nor saving lets one through.
+int msd_params_check_finite(const struct msd_param *params, int n_params, const float *host, const char *what,
+                            const char *path, const char *then);
 // Plan the activation arena for batch size N (re-plans when N changes); with_grad also allocates the
 // gradient buffer and the backward scratch. -1 with a message when memory runs out: the size asked
 // for, the batch and the backend; what to do about it (a smaller --batch, or not, on --resume) is the
