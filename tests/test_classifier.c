@@ -408,6 +408,8 @@ START_TEST(bad_files) {
     expect_load_fails(test_path("groups.safetensors"), "groups 3", "divide");
     write_variant(test_path("nofield.safetensors"), &c, NULL, NULL, false, "{\"in_channels\":2}");
     expect_load_fails(test_path("nofield.safetensors"), "\"classifier\".res", "missing");
+    write_variant(test_path("nul.safetensors"), &c, NULL, NULL, false, "{\"in_channels\": 2\\u0000}");
+    expect_load_fails(test_path("nul.safetensors"), "\"classifier\" holds \\u0000 at byte 17", NULL);
     write_variant(test_path("notjson.safetensors"), &c, NULL, NULL, false, "[1, 2");
     expect_load_fails(test_path("notjson.safetensors"), "not a JSON object", NULL);
     // a tensor missing, in a message that calls the file a classifier

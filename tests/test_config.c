@@ -10,6 +10,7 @@
 
 #include "common/model/config.h"
 #include "common/core/error.h"
+#include "common/core/util.h"
 #include "testutil.h"
 
 // The first field where a and b differ, written to buf ("" when equal). Whole arrays are compared,
@@ -306,6 +307,12 @@ START_TEST(json_errors_name_the_key) {
     struct msd_config out;
     ck_assert_msg(msd_config_from_json(&out, "{\"img_resolution\": 28,", "bad.json") == -1 &&
                       strstr(msd_last_error(), "not valid JSON"), "message: %s", msd_last_error());
+    // an escaped NUL would cut a string short in cJSON ("edm\u0000x" read as "edm"): refused, naming the
+    // byte; an escaped backslash before "u0000" is no NUL
+    ck_assert_msg(msd_config_from_json(&out, "{\"precond\": \"edm\\u0000x\"}", "nul.json") == -1 &&
+                      strstr(msd_last_error(), "nul.json") && strstr(msd_last_error(), "\\u0000 at byte 16"),
+                  "message: %s", msd_last_error());
+    ck_assert(msd_json_nul_escape("{\"a\": \"\\\\u0000\"}") == -1 && msd_json_nul_escape("\\u0000") == 0);
     ck_assert_msg(msd_config_from_json(&out, "{}", "empty.json") == -1 &&
                       strstr(msd_last_error(), "'img_resolution' is missing"), "message: %s", msd_last_error());
 }

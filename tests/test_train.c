@@ -355,6 +355,8 @@ START_TEST(state_numbers_are_checked) {
         {"images", NULL, "1e300", "images '1e300'"},
         {"train", "seed", "-1", "seed '-1'"},
         {"train", "seed", "18446744073709551616", "seed '18446744073709551616'"},
+        // cJSON would read "uniform\u0000x" as "uniform": the escape is refused before it parses
+        {"train", NULL, "{\"policy\": \"uniform\\u0000x\"}", "\"train\" holds \\u0000 at byte 19"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         rewrite_state(good, bad, cases[i].key, cases[i].train_key, cases[i].value);

@@ -575,6 +575,11 @@ START_TEST(run_json_numbers_are_checked) {
     ck_assert(rec.steps == 1000000000 && rec.ckpt_every == 1000000000 && rec.snapshot_every == 0 &&
               !strcmp(rec.data, "fmnist"));
     free(rec.data);
+    // cJSON would read the data spec "fmnist\u0000:x" as "fmnist"
+    const char *nul = "{\"data\": \"fmnist\\u0000:x\", \"steps\": 400}";
+    test_write_file(test_pathf("%s/run.json", dir), nul, strlen(nul));
+    ck_assert_msg(msd_run_read(dir, &rec) == -1 && strstr(msd_last_error(), "\\u0000 at byte 16"), "%s",
+                  msd_last_error());
     const char *old = "{\"data\": \"fmnist\", \"steps\": 400}";
     test_write_file(test_pathf("%s/run.json", dir), old, strlen(old));
     ck_assert_msg(msd_run_read(dir, &rec) == 0, "%s", msd_last_error());

@@ -145,6 +145,11 @@ static cJSON *read_run_json(const char *dir, char *path, size_t size) {
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
+    const long nul = msd_json_nul_escape(buf);
+    if (nul >= 0) {
+        msd_set_error("'%s': \\u0000 at byte %ld, a NUL character that would cut its string short", path, nul);
+        return NULL;
+    }
     cJSON *j = cJSON_Parse(buf);
     // the numbers are checked where they are read (read_count)
     if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "data"))) {

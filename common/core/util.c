@@ -61,3 +61,12 @@ char *msd_strdup_at(const char *s, const char *file, int line) {
     memcpy(d, s, n);
     return d;
 }
+
+long msd_json_nul_escape(const char *text) {
+    for (long i = 0; text[i]; i++) {
+        if (text[i] != '\\') continue;
+        if (text[i + 1] == 'u' && !strncmp(text + i + 2, "0000", 4)) return i;
+        if (text[i + 1]) i++; // the escaped character: "\\u0000" is a backslash, then the text u0000
+    }
+    return -1;
+}

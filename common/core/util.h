@@ -32,6 +32,11 @@ void msd_fread_at(void *dst, size_t size, size_t count, FILE *f, const char *fil
 char *msd_strdup_at(const char *s, const char *file, int line);
 void msd_fwrite_at(const void *src, size_t size, size_t count, FILE *f, const char *file, int line);
 
+// JSON read with cJSON: cJSON ends a string at an escaped NUL (\u0000) and does not say so, so that
+// "edm\u0000x" reads as "edm". The byte offset of the first such escape in text, or -1 when there is
+// none. (A raw NUL cannot be in a C string: the text simply ends there.)
+long msd_json_nul_escape(const char *text);
+
 #define xmalloc(bytes) msd_malloc_at((bytes), __FILE__, __LINE__)
 #define xcalloc(count, size) msd_calloc_at((count), (size), __FILE__, __LINE__)
 #define xfopen(path, mode) msd_fopen_at((path), (mode), __FILE__, __LINE__)

@@ -72,6 +72,10 @@ char *msd_classifier_config_to_json(const struct msd_classifier_config *cfg) {
 }
 
 int msd_classifier_config_from_json(struct msd_classifier_config *cfg, const char *json, const char *source) {
+    const long nul = msd_json_nul_escape(json);
+    if (nul >= 0)
+        return msd_set_error("classifier '%s': __metadata__ \"classifier\" holds \\u0000 at byte %ld, a NUL "
+                             "character that would cut its string short", source, nul);
     cJSON *j = cJSON_Parse(json);
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);

@@ -400,6 +400,10 @@ int msd_config_from_json(struct msd_config *out, const char *json, const char *w
     char who[320];
     snprintf(who, sizeof who, "config '%s'", where ? where : "(unnamed)");
     if (!json) return msd_set_error("%s: no JSON text", who);
+    const long nul = msd_json_nul_escape(json);
+    if (nul >= 0)
+        return msd_set_error("%s: the JSON text holds \\u0000 at byte %ld, a NUL character that would cut its "
+                             "string short", who, nul);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
     if (!root) {

@@ -302,6 +302,10 @@ static bool read_digits(const char *s, unsigned long long max, unsigned long lon
 #define MAX_STATE_COUNT (1ull << 53)
 
 static int opts_from_json(struct msd_train_opts *o, const char *text, const char *path) {
+    const long nul = msd_json_nul_escape(text);
+    if (nul >= 0)
+        return msd_set_error("training state '%s': __metadata__ \"train\" holds \\u0000 at byte %ld, a NUL "
+                             "character that would cut its string short", path, nul);
     cJSON *j = cJSON_Parse(text);
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
