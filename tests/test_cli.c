@@ -567,7 +567,7 @@ START_TEST(train_batch_out_of_memory) {
 #endif
     const char *fresh = test_path("oom-new"), *resumed = test_subdir("oom-resume");
     char args[1024];
-    snprintf(args, sizeof args, "train --preset mini --steps 2 --batch 65536 --quiet --out %s", fresh);
+    snprintf(args, sizeof args, "train --preset mini --steps 2 --batch 65536 --quiet --backend ref --out %s", fresh);
     struct test_run r = msdiff_capped(args);
     TEST_EXPECT_FAIL(&r, 1, "activations for a batch of 65536 images", "try a smaller --batch");
     test_run_free(&r);
@@ -596,7 +596,7 @@ START_TEST(train_batch_out_of_memory) {
                   msd_last_error());
     msd_train_state_free(&st, &m);
     msd_model_free(&m);
-    snprintf(args, sizeof args, "train --resume --quiet --out %s", resumed);
+    snprintf(args, sizeof args, "train --resume --quiet --backend ref --out %s", resumed);
     r = msdiff_capped(args);
     TEST_EXPECT_FAIL(&r, 1, "activations for a batch of 65536 images",
                      "the run's batch of 65536 images is fixed by its state");

@@ -324,6 +324,13 @@ START_TEST(killed_runs_end_as_the_uninterrupted_one) {
         if (was_killed) {
             killed++;
             in_save += tmp[0] != '\0';
+            // a state at step s means every file of step s is there: each snapshot up to s exists now,
+            // not only after the resume rewrites it
+            const long at_state = state_step(dir);
+            for (long s = SNAP_EVERY; s <= at_state; s += SNAP_EVERY)
+                ck_assert_msg(test_exists(test_pathf("%s/ema-step%08ld.safetensors", dir, s)), "round %d: the "
+                              "state is at step %ld, but the snapshot of step %ld is missing:%s", rounds + 1,
+                              at_state, s, story);
         } else {
             ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "round %d (after %d kills) failed with status "
                           "%d:%s", rounds + 1, killed, test_exit_status(st), story);

@@ -105,7 +105,7 @@ START_TEST(parameter_limit) {
                   msd_last_error());
     ck_assert_msg(n_allocs == 0 && m.params == NULL && m.n_floats == 0, "the model was left built");
     // channel_mult [4, 4]: 4096 channels, 1663326210 parameters, still too many; [3, 3] (in 8 GroupNorm
-    // groups, which 3096 channels need) gives 3072 channels and 968629826, which is built as a table
+    // groups, which 3072 channels need) gives 3072 channels and 968629826, which is built as a table
     cfg.channel_mult[0] = cfg.channel_mult[1] = 4;
     ck_assert_msg(msd_model_build(&m, &cfg, &counting) == -1 && strstr(msd_last_error(), "1663326210 parameters"),
                   "[4, 4]: %s", msd_last_error());

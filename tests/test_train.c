@@ -516,6 +516,37 @@ static void blow_up(struct msd_model *m) {
         for (int c = 0; c < m->dec[s].aux_conv.cout; c++) m->w[m->dec[s].aux_conv.b + c] = 3e38f;
 }
 
+// ref, but only the next `allocations_left` allocations succeed: memory running out part way.
+static int allocations_left;
+static float *little_memory(size_t n) { return allocations_left-- > 0 ? msd_backend_ref.alloc(n) : NULL; }
+
+// A step whose loss cannot be computed for want of memory (the denoiser's buffers, allocated at the
+// first loss) says so, and is not reported as a loss of NaN; the weights are left alone.
+START_TEST(step_out_of_memory_says_why) {
+    struct trainer t;
+    trainer_init(&t, 0.0f, 7, 4);
+    struct msd_dataset data;
+    synthetic(&data, 64, 9);
+    struct msd_backend starved = msd_backend_ref;
+    starved.alloc = little_memory;
+    allocations_left = 2; // the step's batch (clean images and noise), then none for the denoiser
+    float *before = malloc(t.m.n_floats * sizeof(float));
+    ck_assert(before);
+    memcpy(before, t.m.w, t.m.n_floats * sizeof(float));
+    t.m.be = &starved;
+    struct msd_step_info info;
+    const int rc = msd_train_step(&t.m, &t.st, &data, &t.o, &info);
+    t.m.be = &msd_backend_ref;
+    const char *msg = msd_last_error();
+    ck_assert_msg(rc == -1 && strstr(msg, "step 0: cannot allocate") && strstr(msg, "denoiser") &&
+                      !strstr(msg, "the loss is"), "rc %d, message: %s", rc, msg);
+    ck_assert_msg(!memcmp(before, t.m.w, t.m.n_floats * sizeof(float)), "the failed step changed the weights");
+    free(before);
+    msd_data_free(&data);
+    trainer_free(&t);
+}
+END_TEST
+
 // msd_run_train on the bars in `dir` up to `steps`, quietly; its result.
 static int run_to(struct msd_model *m, struct msd_train_state *st, const struct msd_train_opts *o,
                   const char *dir, long steps) {
@@ -579,7 +610,7 @@ int main(void) {
         lognormal_frequencies, uniform_frequencies, vp_frequencies, restricted_law,
         only_the_routed_decoder_moves, resume_is_exact, training_lowers_heldout_loss,
         state_numbers_are_checked, state_batch_is_bounded, state_values_are_checked_before_use,
-        saves_refuse_nonfinite_values, run_failures_keep_the_last_checkpoint,
+        saves_refuse_nonfinite_values, run_failures_keep_the_last_checkpoint, step_out_of_memory_says_why,
     };
     return run_tests("train", 300, tests, TEST_COUNT(tests));
 }

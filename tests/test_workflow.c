@@ -385,12 +385,18 @@ START_TEST(sigterm_saves_and_resumes) { stop_by_signal(SIGTERM, "SIGTERM", 143);
 END_TEST
 
 // A run stopped before its first save has run.json and no state: --resume says so and how to go on
-// (the command that created it), and that command then starts the run afresh.
+// (the command that created it), and that command then starts the run afresh. A run.json records no
+// save interval that was not chosen.
 START_TEST(resume_without_a_state) {
     const char *data = test_path("data28"), *run = test_path("R-nostate");
     const char *argv[] = {"./msdiff", "train", "--preset", "mini", "--data", data, "--steps", "1", "--batch", "2",
                           "--out", run, "--quiet", NULL};
     test_run_ok(argv);
+    // no --ckpt-every: nothing recorded, so that a resume to another target gets that target's default
+    struct msd_run_record rec;
+    ck_assert_msg(msd_run_read(run, &rec) == 0, "%s", msd_last_error());
+    ck_assert_msg(rec.ckpt_every == 0, "run.json records the default ckpt_every %ld as if chosen", rec.ckpt_every);
+    free(rec.data);
     ck_assert(remove(test_pathf("%s/state.safetensors", run)) == 0);
     struct test_run r = MSDIFF("train", "--out", run, "--resume");
     TEST_EXPECT_FAIL(&r, 1, "has no state.safetensors yet", "without --resume");

@@ -209,7 +209,8 @@ int cmd_sample(int argc, char **argv) {
     double *sigmas = xmalloc((size_t)(intervals + 1) * sizeof *sigmas);
     if (msd_schedule(sigmas, intervals, sched, &so) < 0) {
         free(sigmas);
-        if (sched != MSD_SCHEDULE_EDM) return cli_error("sample", "--schedule %s: %s", schedule, msd_last_error());
+        if (sched != MSD_SCHEDULE_EDM)
+            return cli_error("sample", "--schedule %s: %s", schedule ? schedule : "(the sampler's)", msd_last_error());
         return cli_error("sample", "--sigma-min, --sigma-max and --rho with --steps %d: %s", steps, msd_last_error());
     }
     uint64_t *seeds;

@@ -51,8 +51,8 @@ const char HELP_TRAIN[] =
     "  --clip X              clip the gradient norm at X (default 0: off, as EDM)\n"
     "  --dropout P           dropout probability (default: the preset's)\n"
     "  --xflip               mirror training images at random\n"
-    "  --ckpt-every N        save state and EMA every N steps (default: a tenth of the run, at most 1000;\n"
-    "                        a resume keeps the run's)\n"
+    "  --ckpt-every N        save state and EMA every N steps (default: a tenth of the target, at most\n"
+    "                        1000; an interval given is kept by a resume)\n"
     "  --snapshot-every N    also keep ema-step<N>.safetensors every N steps (default 0: none; a resume\n"
     "                        keeps the run's)\n"
     "  --log-seconds S       progress line at least every S seconds (default 5)\n"
@@ -151,12 +151,11 @@ int cmd_train(int argc, char **argv) {
         struct msd_run_record rec;
         if (msd_run_read(out, &rec) < 0) return cmd_fail();
         data_spec = rec.data;
-        // the recorded target and intervals unless given again (a run.json of an older version has no
-        // ckpt_every: it reads as 0, and the default applies as it did)
+        // the recorded target and intervals unless given again (a run that was not given --ckpt-every, or
+        // a run.json of an older version, has no ckpt_every: it reads as 0, and the default applies)
         if (!given(o, n, "--steps")) target = rec.steps;
         if (!given(o, n, "--ckpt-every")) ckpt = rec.ckpt_every;
         if (!given(o, n, "--snapshot-every")) snap = rec.snapshot_every;
-        if (!ckpt) ckpt = default_ckpt_every(target);
         char path[4096];
         snprintf(path, sizeof path, "%s/state.safetensors", out);
         if (access(path, F_OK) != 0 && errno == ENOENT) { // run.json without a state: stopped before a save
@@ -177,6 +176,7 @@ int cmd_train(int argc, char **argv) {
             return cli_error("train", "the run in %s is already at step %ld, the target is %ld; give a larger "
                              "--steps to continue it", out, at, target);
         }
+        // recorded: what was chosen, never the default (which follows the target when a resume extends it)
         const struct msd_run_opts now = {.steps = target, .ckpt_every = ckpt, .snapshot_every = snap};
         if ((target != rec.steps || ckpt != rec.ckpt_every || snap != rec.snapshot_every) &&
             msd_run_update(out, &now) < 0) {
@@ -189,7 +189,6 @@ int cmd_train(int argc, char **argv) {
                st.images, target, be->name);
     } else {
         if (!given(o, n, "--steps")) return cli_error("train", "--steps is required for a new run (or add --resume)");
-        if (!ckpt) ckpt = default_ckpt_every(target);
         struct msd_config cfg;
         if (msd_config_preset(&cfg, preset) < 0) return cli_error("train", "--preset: %s", msd_last_error());
         if (decoders.n) {
@@ -264,12 +263,13 @@ int cmd_train(int argc, char **argv) {
                     : msd_set_error("%s: try a smaller --batch", why);
     }
     if (rc == 0 && !resume) {
-        rc = msd_run_create(&m, &to, &r);
+        rc = msd_run_create(&m, &to, &r); // ckpt_every 0 (not chosen) is recorded as none
         if (rc == 0)
             printf("training %s (%s, %d stage%s) on %s: %ld steps of %d images, backend %s, run folder %s\n",
                    preset, m.cfg.separate ? "separate" : m.cfg.n_stages > 1 ? "multistage" : "unified",
                    m.cfg.n_stages, m.cfg.n_stages > 1 ? "s" : "", ds.source, target, to.batch, be->name, out);
     }
+    if (!r.ckpt_every) r.ckpt_every = default_ckpt_every(target); // not chosen: follows this target
     if (rc == 0) rc = msd_run_train(&m, &st, &ds, &to, &r);
     if (rc == 0 && !quiet) printf("done: step %ld, %.0f images; sample with: msdiff sample --model %s/ema.safetensors\n",
                                   st.step, st.images, out);

@@ -168,8 +168,9 @@ static int read_count(const cJSON *j, const char *path, const char *key, bool op
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
     if (!v && optional) return 0;
     if (!cJSON_IsNumber(v))
-        return msd_set_error("'%s': \"%s\" is not a number, expected a whole number of steps from %ld to "
-                             "1000000000 (the range of msdiff train %s)", path, key, lo, flag);
+        return msd_set_error("'%s': \"%s\" is %s, expected a whole number of steps from %ld to "
+                             "1000000000 (the range of msdiff train %s)", path, key, v ? "not a number" : "missing", lo,
+                             flag);
     const double s = v->valuedouble;
     if (!(s >= lo && s <= 1e9 && s == floor(s)))
         return msd_set_error("'%s': \"%s\" is %.17g, expected a whole number of steps from %ld to 1000000000 "

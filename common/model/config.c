@@ -20,10 +20,11 @@
 
 // Upper limits that are not part of the model. No real network comes near them: EDM's largest
 // (ImageNet 64, FFHQ) have model_channels 192 to 256 and channel_mult up to 4, the paper's CIFAR-10
-// ones 128 and 2, with decoders of 16 to 192. They keep every width product, and so every tensor's
-// size and every fan-in, far inside int (1024 * 16 * 3 channels), and a config read from a file that
-// asks for terabytes is refused here, before anything is built. The total parameter count is bounded
-// on the parameter table (MSD_MAX_PARAMS, model.h), where the sizes are computed.
+// ones 128 and 2, with decoders of 16 to 192. They keep every channel count and fan-in far inside
+// int (1024 * 16 * 3 channels), and a config read from a file that asks for terabytes is refused
+// here, before anything is built. One tensor could still be large (a 3x3 conv of 16384 channels both
+// ways); the total parameter count, and so every tensor, is bounded on the parameter table
+// (MSD_MAX_PARAMS, model.h), where the sizes are computed, before any memory is allocated.
 #define MAX_RESOLUTION 4096
 #define MAX_IMG_CHANNELS 64
 #define MAX_WIDTH MSD_MAX_WIDTH // model_channels and every decoder width

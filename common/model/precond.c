@@ -62,7 +62,8 @@ static struct msd_dbufs *dbufs(struct msd_model *m, int N) {
     for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
         if (!*vecs[i]) {
             msd_denoiser_release(m);
-            msd_set_error("cannot allocate the denoiser's per-sample vectors at batch %d", N);
+            msd_set_error("cannot allocate the denoiser's per-sample vectors at a batch of %d images on backend %s",
+                          N, m->be->name);
             return NULL;
         }
     for (size_t i = 0; i < sizeof imgs / sizeof imgs[0]; i++)

@@ -140,7 +140,7 @@ static int ensure_batch_buffers(struct msd_model *m, struct msd_train_state *st,
     st->n = m->be->alloc((size_t)B * M);
     st->host = xmalloc((size_t)B * M * sizeof(float));
     st->B = st->y && st->n ? B : 0; // remembered only when complete
-    if (!st->B) return msd_set_error("cannot allocate the batch (%d images)", B);
+    if (!st->B) return msd_set_error("cannot allocate the batch (%d images) on backend %s", B, m->be->name);
     return 0;
 }
 
@@ -165,8 +165,14 @@ int msd_train_step(struct msd_model *m, struct msd_train_state *st, const struct
     // loss and gradients; the weights are untouched until the loss is known to be finite
     be->fill(m->grad, 0.0f, m->n_floats);
     const struct msd_forward_opts fo = {true, o->seed + 0x9E3779B97F4A7C15ull * (uint64_t)(st->step + 1)};
+    msd_clear_error();
     const double loss = msd_loss(m, stage, st->y, st->n, sigmas, true, NULL, NULL, &fo);
     free(sigmas);
+    if (!isfinite(loss) && msd_last_error()[0]) { // the loss could not be computed (memory ran out): say why
+        char why[768];
+        snprintf(why, sizeof why, "%s", msd_last_error());
+        return msd_set_error("step %ld: %s; the weights are left as before this step", st->step, why);
+    }
     if (!isfinite(loss))
         return msd_set_error("step %ld: the loss is %g (stage %d); the weights are left as before this step",
                              st->step, loss, stage);
@@ -433,14 +439,15 @@ int msd_train_load(const char *path, struct msd_model *m, struct msd_train_state
                            "adam_steps (is it a model checkpoint rather than a state file?)", path);
     if (rc == 0 && (msd_config_from_json(&cfg, config, path) < 0 || opts_from_json(o, train, path) < 0))
         rc = -1;
-    if (rc == 0 && msd_model_build(m, &cfg, be) < 0) {
+    if (rc == 0 && msd_model_build(m, &cfg, be) < 0) rc = -2;
+    for (int i = 0; rc == 0 && i < 4; i++)
+        rc = msd_st_check_f32(&f, STATE_TENSORS[i], 1, (int64_t[]){(int64_t)m->n_floats});
+    if (rc == 0 && (msd_model_alloc(m) < 0 || msd_train_state_init(st, m) < 0)) rc = -2;
+    if (rc == -2) { // the model's own message (its size, or the memory it lacks): add the file's name
         char why[768];
         snprintf(why, sizeof why, "%s", msd_last_error());
         rc = msd_set_error("training state '%s': %s", path, why);
     }
-    for (int i = 0; rc == 0 && i < 4; i++)
-        rc = msd_st_check_f32(&f, STATE_TENSORS[i], 1, (int64_t[]){(int64_t)m->n_floats});
-    if (rc == 0 && (msd_model_alloc(m) < 0 || msd_train_state_init(st, m) < 0)) rc = -1;
     if (rc == 0) {
         const char *end;
         unsigned long long count;
