@@ -98,13 +98,8 @@ static int train_run(const char *dir, long steps) {
 // train_run(dir, STEPS) in a child process; its pid. The child exits 0 when it reached the target,
 // 1 (with the message on stderr) when it failed.
 static pid_t start_run(const char *dir) {
-    fflush(NULL); // what this process buffered must not be written twice
-    pid_t pid = fork();
-    ck_assert_msg(pid >= 0, "fork failed: %s", strerror(errno));
+    pid_t pid = test_fork();
     if (pid == 0) {
-#ifdef __linux__
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
         if (train_run(dir, STEPS) == 0) _exit(0);
         fprintf(stderr, "training in %s: %s\n", dir, msd_last_error());
         _exit(1);
@@ -160,14 +155,7 @@ static char *names_ending(const char *dir, const char *suffix) {
 // The step of a state file's metadata; 0 when dir has no state.safetensors.
 static long state_step(const char *dir) {
     const char *path = test_pathf("%s/state.safetensors", dir);
-    if (!test_exists(path)) return 0;
-    struct msd_st_file f;
-    ck_assert_msg(msd_st_read(&f, path) == 0, "%s", msd_last_error());
-    const char *s = msd_st_meta(&f, "step");
-    ck_assert_msg(s != NULL, "%s has no step metadata", path);
-    long step = strtol(s, NULL, 10);
-    msd_st_free(&f);
-    return step;
+    return test_exists(path) ? test_state_step(path) : 0;
 }
 
 // The step of the last whole row of dir's log.csv; 0 when it has none (or there is no log yet).

@@ -325,6 +325,21 @@ static void edit_state(const char *from, const char *to, const struct state_edit
     msd_st_free(&f);
 }
 
+// A fresh training state of tiny-ms (default options) saved in the test folder as name; its path.
+static const char *save_fresh_state(const char *name) {
+    struct msd_model m;
+    struct msd_train_state st;
+    struct msd_train_opts o;
+    msd_train_defaults(&o);
+    tiny_model(&m, "tiny-ms", 0.0f, 3);
+    ck_assert(msd_train_state_init(&st, &m) == 0);
+    const char *path = test_path(name);
+    ck_assert_msg(msd_train_save(path, &m, &st, &o) == 0, "%s", msd_last_error());
+    msd_train_state_free(&st, &m);
+    msd_model_free(&m);
+    return path;
+}
+
 static void rewrite_state(const char *from, const char *to, const char *key, const char *train_key,
                           const char *value) {
     edit_state(from, to, &(struct state_edit){.key = key, .train_key = train_key, .value = value});
@@ -337,13 +352,7 @@ START_TEST(state_numbers_are_checked) {
     struct msd_model m;
     struct msd_train_state st;
     struct msd_train_opts o;
-    msd_train_defaults(&o);
-    tiny_model(&m, "tiny-ms", 0.0f, 3);
-    ck_assert(msd_train_state_init(&st, &m) == 0);
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    ck_assert_msg(msd_train_save(good, &m, &st, &o) == 0, "%s", msd_last_error());
-    msd_train_state_free(&st, &m);
-    msd_model_free(&m);
+    const char *good = save_fresh_state("good.safetensors"), *bad = test_path("bad.safetensors");
     const struct { const char *key, *train_key, *value, *words; } cases[] = {
         {"adam_steps", NULL, "99999999999999999999,0,0", "adam_steps '99999999999999999999,0,0', expected 3"},
         {"adam_steps", NULL, "9007199254740993,0,0", "from 0 to 2^53"},
@@ -384,13 +393,7 @@ START_TEST(state_batch_is_bounded) {
     struct msd_model m;
     struct msd_train_state st;
     struct msd_train_opts o;
-    msd_train_defaults(&o);
-    tiny_model(&m, "tiny-ms", 0.0f, 3);
-    ck_assert(msd_train_state_init(&st, &m) == 0);
-    const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
-    ck_assert_msg(msd_train_save(good, &m, &st, &o) == 0, "%s", msd_last_error());
-    msd_train_state_free(&st, &m);
-    msd_model_free(&m);
+    const char *good = save_fresh_state("good.safetensors"), *bad = test_path("bad.safetensors");
     const char *refused[] = {"1000000000", "65537", "0", "-4", "1e300"};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         edit_state(good, bad, &(struct state_edit){.key = "train", .train_key = "batch", .value = refused[i],

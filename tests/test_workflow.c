@@ -98,17 +98,6 @@ static long last_csv_step(const char *path, int *rows) {
     return step;
 }
 
-// The "step" metadata of a state file.
-static long state_step(const char *path) {
-    struct msd_st_file f;
-    ck_assert_msg(msd_st_read(&f, path) == 0, "%s", msd_last_error());
-    const char *s = msd_st_meta(&f, "step");
-    ck_assert_msg(s != NULL, "%s has no step metadata", path);
-    long step = strtol(s, NULL, 10);
-    msd_st_free(&f);
-    return step;
-}
-
 // ---------------------------------------------------------------------------------------------------
 // 1. sample: a pure function of the seed, whatever the batch
 
@@ -203,7 +192,7 @@ START_TEST(train_then_sample) {
     char *json = test_read_file(test_pathf("%s/run.json", run), NULL);
     ck_assert_msg(strstr(json, data), "run.json does not record the data spec %s: %s", data, json);
     free(json);
-    ck_assert_msg(state_step(test_pathf("%s/state.safetensors", run)) == 2, "state.safetensors is not at step 2");
+    ck_assert_msg(test_state_step(test_pathf("%s/state.safetensors", run)) == 2, "state.safetensors is not at step 2");
 
     MSDIFF_OK("sample", "--model", run, "--seeds", "0-1", "--grid", grid, "--sampler", "euler", "--steps", "2");
     struct image g = read_png(grid);
@@ -261,7 +250,7 @@ START_TEST(resume_equals_uninterrupted) {
     MSDIFF_OK(COMMON, "--steps", "1", "--out", r2);
 #undef COMMON
     const char *s1 = test_pathf("%s/state.safetensors", r1), *s2 = test_pathf("%s/state.safetensors", r2);
-    ck_assert_msg(state_step(s2) == 1, "the first half did not stop at step 1");
+    ck_assert_msg(test_state_step(s2) == 1, "the first half did not stop at step 1");
     // the premise: R1's steps went to more than one decoder (else pick another --seed above)
     struct msd_st_file f;
     ck_assert_msg(msd_st_read(&f, s1) == 0, "%s", msd_last_error());
@@ -298,7 +287,7 @@ START_TEST(resume_equals_uninterrupted) {
     r = MSDIFF("train", "--preset", "mini", "--data", data, "--steps", "1", "--batch", "2", "--out", r1);
     TEST_EXPECT_FAIL(&r, -1, "--resume");
     test_run_free(&r);
-    ck_assert_msg(state_step(s1) == 3, "a refused new run changed %s", s1);
+    ck_assert_msg(test_state_step(s1) == 3, "a refused new run changed %s", s1);
 }
 END_TEST
 
@@ -354,7 +343,7 @@ static void stop_by_signal(int sig, const char *name, int status) {
                   WEXITSTATUS(st) : WTERMSIG(st), name, status, e);
     ck_assert_msg(!strstr(o, "done:"), "train says done after %s: %s", name, o);
     ck_assert_msg(test_exists(state) && test_exists(ema), "no state.safetensors or ema.safetensors after %s", name);
-    const long step = state_step(state);
+    const long step = test_state_step(state);
     ck_assert_msg(step >= 1 && step < 1000, "state after %s is at step %ld, want 1..999", name, step);
     char said[1024];
     snprintf(said, sizeof said, "msdiff train: interrupted at step %ld by %s: state saved in '%s'; continue with "
@@ -375,7 +364,7 @@ static void stop_by_signal(int sig, const char *name, int status) {
     ck_assert_msg(strstr(r.out, "resuming") && strstr(r.out, at), "resume does not say '%s': %s", at, r.out);
     ck_assert_msg(strstr(r.out, "done:"), "a resume that reached its target does not say done: %s", r.out);
     test_run_free(&r);
-    ck_assert_msg(state_step(state) == step + 1, "the resumed run did not end at step %ld", step + 1);
+    ck_assert_msg(test_state_step(state) == step + 1, "the resumed run did not end at step %ld", step + 1);
 }
 
 START_TEST(sigint_saves_and_resumes) { stop_by_signal(SIGINT, "SIGINT", 130); }
@@ -402,7 +391,7 @@ START_TEST(resume_without_a_state) {
     TEST_EXPECT_FAIL(&r, 1, "has no state.safetensors yet", "without --resume");
     test_run_free(&r);
     test_run_ok(argv);
-    ck_assert_msg(state_step(test_pathf("%s/state.safetensors", run)) == 1, "the run started again did not save");
+    ck_assert_msg(test_state_step(test_pathf("%s/state.safetensors", run)) == 1, "the run started again did not save");
 }
 END_TEST
 
@@ -431,12 +420,12 @@ START_TEST(kill_keeps_the_log_header_and_the_save_intervals) {
     free(rec.data);
 
     // the resume saves every step: once it logs step s0 + 2, the state is at least at s0 + 1
-    const long s0 = state_step(state);
+    const long s0 = test_state_step(state);
     const char *resume[] = {"./msdiff", "train", "--out", run, "--resume", "--log-seconds", "0.001", NULL};
     pid = test_spawn(resume, out, err);
     wait_for_progress(pid, run, s0 + 2, err);
     ck_assert(kill(pid, SIGKILL) == 0 && waitpid(pid, &st, 0) == pid);
-    const long s1 = state_step(state);
+    const long s1 = test_state_step(state);
     ck_assert_msg(s1 >= s0 + 1, "the resume logged step %ld but saved no step after %ld: run.json's ckpt_every 1 "
                   "was not used", s0 + 2, s0);
     text = test_read_file(log, NULL);

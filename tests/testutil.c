@@ -19,8 +19,10 @@
 #endif
 
 #include "common/core/backend.h"
+#include "common/core/error.h"
 #include "common/core/rng.h"
 #include "common/core/util.h"
+#include "common/io/safetensors.h"
 #include "tolerance.h"
 
 // ---------------------------------------------------------------------------------------------------
@@ -381,14 +383,29 @@ void test_remove_tree(const char *path) {
 // ---------------------------------------------------------------------------------------------------
 // Running a program
 
-pid_t test_spawn(const char *const *argv, const char *out, const char *err) {
+pid_t test_fork(void) {
     fflush(NULL); // what this process buffered must not be written twice
     pid_t pid = fork();
     ck_assert_msg(pid >= 0, "fork failed: %s", strerror(errno));
-    if (pid == 0) {
 #ifdef __linux__
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (pid == 0) prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
+    return pid;
+}
+
+long test_state_step(const char *path) {
+    struct msd_st_file f;
+    ck_assert_msg(msd_st_read(&f, path) == 0, "%s", msd_last_error());
+    const char *s = msd_st_meta(&f, "step");
+    ck_assert_msg(s != NULL, "%s has no step metadata", path);
+    long step = strtol(s, NULL, 10);
+    msd_st_free(&f);
+    return step;
+}
+
+pid_t test_spawn(const char *const *argv, const char *out, const char *err) {
+    pid_t pid = test_fork();
+    if (pid == 0) {
         int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0) _exit(126);
         execv(argv[0], (char *const *)argv);

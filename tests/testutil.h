@@ -171,6 +171,11 @@ struct test_run {
 // that started it dies. A child that cannot open out or err exits with 126, one that cannot start
 // argv[0] with 127.
 pid_t test_spawn(const char *const *argv, const char *out, const char *err);
+// fork() for a test: this process's buffers flushed first (so that nothing is written twice), the
+// test failed when the fork fails, and the child killed with its parent (Linux). The pid, 0 in the child.
+pid_t test_fork(void);
+// The "step" metadata of a training state file (the step it was saved at).
+long test_state_step(const char *path);
 // The status a waitpid status stands for: the exit status, or 128 + the signal.
 int test_exit_status(int wait_status);
 // Run argv to completion (as test_spawn); fails the test when it could not be started. Free the
