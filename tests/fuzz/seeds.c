@@ -1,7 +1,8 @@
-// seeds.c: writes the seed corpora of the fuzz harnesses (tests/fuzz/corpus.sh runs it), one folder
+// seeds.c: writes the seed corpora of the fuzz harnesses (tests/fuzz/run.sh runs it), one folder
 // per harness under the folder given, from real files of every kind the parsers read:
 //   safetensors, checkpoint  checkpoints (F32 and F16) of a 4-channel two-stage network and of the
-//                            tiny and tiny-ms presets
+//                            tiny and tiny-ms presets; for safetensors also a file of the other
+//                            dtypes (BF16, F64, I32, U8), which no checkpoint of msdiff holds
 //   state                    the 4-channel network's training state after one real training step
 //   config                   every preset's config JSON
 //   runjson                  the run.json of a new run
@@ -11,6 +12,7 @@
 //   png                      gray and RGB images written by msd_png_write
 //   cli                      command-line words, NUL-separated
 // Usage: seeds DIR
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +224,26 @@ static const char cli_steps[] = "--steps\0" "12\0" "--seed\0" "7\0" "--quiet";
 static const char cli_lists[] = "--decoders\0" "48,32,8\0" "--boundaries\0" "2.5103,7.6577";
 static const char cli_double[] = "-1.5e-3\0" "--sigma\0" "0.002";
 
+// A safetensors file written byte by byte, with tensors of the dtypes the writer never uses: BF16 (1.0,
+// -2.0), F64 (0.5), I32 and U8, and a metadata entry.
+static void dtypes(void) {
+    static const char header[] =
+        "{\"__metadata__\":{\"format\":\"pt\"},"
+        "\"a\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]},"
+        "\"b\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[8,16]},"
+        "\"c\":{\"dtype\":\"I32\",\"shape\":[1,1],\"data_offsets\":[16,20]},"
+        "\"d\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[20,24]}}";
+    static const unsigned char data[24] = {0x80, 0x3f, 0x00, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xe0, 0x3f,
+                                           7, 0, 0, 0, 1, 2, 3, 4};
+    const size_t h = sizeof header - 1, padded = (h + 7) / 8 * 8;
+    unsigned char file[8 + sizeof header + 8 + sizeof data];
+    for (int i = 0; i < 8; i++) file[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    memcpy(file + 8, header, h);
+    memset(file + 8 + h, ' ', padded - h);
+    memcpy(file + 8 + padded, data, sizeof data);
+    write_bytes("safetensors", "dtypes.safetensors", file, 8 + padded + sizeof data);
+}
+
 static void cli(void) {
     write_bytes("cli", "steps", cli_steps, sizeof cli_steps - 1);
     write_bytes("cli", "lists", cli_lists, sizeof cli_lists - 1);
@@ -236,6 +258,7 @@ int main(int argc, char **argv) {
     root = argv[1];
     mkdir(root, 0755);
     networks();
+    dtypes();
     configs();
     idx();
     cifar();
