@@ -142,7 +142,7 @@ int cmd_info(int argc, char **argv) {
     if (preset) {
         struct msd_config cfg;
         if (msd_config_preset(&cfg, preset)) return cli_error("info", "--preset: %s", msd_last_error());
-        if (msd_model_create(&m, &cfg, &msd_backend_ref)) return cmd_fail();
+        if (msd_model_build(&m, &cfg, &msd_backend_ref)) return cmd_fail(); // counting needs only the table
         snprintf(source, sizeof source, "preset %s", preset);
     } else { // a checkpoint, or a run folder's EMA, named by the file actually read
         model = msd_run_model_path(model, path, sizeof path);
