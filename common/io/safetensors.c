@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/core/bf16.h"
 #include "common/core/error.h"
 #include "common/core/util.h"
 #include "common/io/atomic.h"
@@ -429,13 +430,6 @@ float msd_f16_to_f32(uint16_t h) {
 }
 
 // bfloat16 is the top half of a float32.
-static float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float out;
-    memcpy(&out, &bits, 4);
-    return out;
-}
-
 // The tensor `name` when it has this shape and a dtype that converts to float32, else NULL with a message.
 static const struct msd_st_tensor *float_tensor(const struct msd_st_file *f, const char *name, int ndim,
                                                 const int64_t *shape) {
@@ -478,7 +472,7 @@ int msd_st_get_f32(const struct msd_st_file *f, const char *name, int ndim, cons
         int half = t->dtype[0] == 'F';
         for (size_t i = 0; i < bytes / 2; i++) {
             uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)); // memcpy-free: begin may be odd
-            dst[i] = half ? msd_f16_to_f32(h) : bf16_to_f32(h);
+            dst[i] = half ? msd_f16_to_f32(h) : msd_bf16_to_f32(h);
         }
     }
     return 0;
