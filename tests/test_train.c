@@ -325,14 +325,19 @@ static void edit_state(const char *from, const char *to, const struct state_edit
     msd_st_free(&f);
 }
 
+// tiny-ms (weights from seed 3) with a fresh training state and the default options.
+static void fresh_state(struct msd_model *m, struct msd_train_state *st, struct msd_train_opts *o) {
+    msd_train_defaults(o);
+    tiny_model(m, "tiny-ms", 0.0f, 3);
+    ck_assert(msd_train_state_init(st, m) == 0);
+}
+
 // A fresh training state of tiny-ms (default options) saved in the test folder as name; its path.
 static const char *save_fresh_state(const char *name) {
     struct msd_model m;
     struct msd_train_state st;
     struct msd_train_opts o;
-    msd_train_defaults(&o);
-    tiny_model(&m, "tiny-ms", 0.0f, 3);
-    ck_assert(msd_train_state_init(&st, &m) == 0);
+    fresh_state(&m, &st, &o);
     const char *path = test_path(name);
     ck_assert_msg(msd_train_save(path, &m, &st, &o) == 0, "%s", msd_last_error());
     msd_train_state_free(&st, &m);
@@ -425,9 +430,7 @@ START_TEST(state_values_are_checked_before_use) {
     struct msd_model m;
     struct msd_train_state st;
     struct msd_train_opts o;
-    msd_train_defaults(&o);
-    tiny_model(&m, "tiny-ms", 0.0f, 3);
-    ck_assert(msd_train_state_init(&st, &m) == 0);
+    fresh_state(&m, &st, &o);
     const char *good = test_path("good.safetensors"), *bad = test_path("bad.safetensors");
     ck_assert_msg(msd_train_save(good, &m, &st, &o) == 0, "%s", msd_last_error());
     const struct msd_param *p = &m.params[5]; // element 3 of parameter 5: its place in the flat buffers
@@ -471,9 +474,7 @@ START_TEST(saves_refuse_nonfinite_values) {
     struct msd_model m;
     struct msd_train_state st;
     struct msd_train_opts o;
-    msd_train_defaults(&o);
-    tiny_model(&m, "tiny-ms", 0.0f, 3);
-    ck_assert(msd_train_state_init(&st, &m) == 0);
+    fresh_state(&m, &st, &o);
     const char *path = test_path("state.safetensors"), *ck = test_path("ema.safetensors");
     ck_assert_msg(msd_train_save(path, &m, &st, &o) == 0 && msd_checkpoint_save(&m, ck, NULL, NULL, 0) == 0, "%s",
                   msd_last_error());

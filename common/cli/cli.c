@@ -206,6 +206,12 @@ static int unknown_flag(const char *cmd, const char *word, const struct cli_opt 
                      cmd, n ? known : "none", cmd);
 }
 
+bool cli_given(const struct cli_opt *opts, int n, const char *flag) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(opts[i].flag, flag)) return opts[i].seen;
+    return false;
+}
+
 int cli_parse(const char *cmd, int argc, char **args, struct cli_opt *opts, int n) {
     for (int i = 0; i < n; i++) opts[i].seen = false;
     for (int i = 0; i < argc; i++)

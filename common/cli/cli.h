@@ -59,6 +59,8 @@ int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(print
 // or bad value (a number that is NaN, infinite or beyond a double, an empty list entry as in "1,",
 // ",1" or "1,,2"), a missing required flag.
 int cli_parse(const char *cmd, int argc, char **args, struct cli_opt *opts, int n);
+// Whether flag was on the command line that cli_parse read into opts (false for a flag not in opts).
+bool cli_given(const struct cli_opt *opts, int n, const char *flag);
 
 // Strict conversions: the whole of s must be the number (no spaces, no trailing text). 0, or -1 when
 // s is not such a number or is out of range (no message; the parser writes it). cli_to_double

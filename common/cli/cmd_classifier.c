@@ -241,11 +241,7 @@ static int classifier_train(int argc, char **argv) {
         rc = msd_set_error("--batch %d is larger than the %d training images of '%s'", f.batch, train.n, f.data);
     if (rc == 0) {
         msd_classifier_defaults(&cfg, train.channels, train.res);
-        if (msd_classifier_create(&c, &cfg, be) < 0) {
-            char why[512]; // the message buffer cannot be formatted into itself
-            snprintf(why, sizeof why, "%s", msd_last_error());
-            rc = msd_set_error("--data '%s': %s", f.data, why);
-        }
+        if (msd_classifier_create(&c, &cfg, be) < 0) rc = msd_set_error("--data '%s': %s", f.data, msd_last_error());
     }
     if (rc < 0) {
         msd_data_free(&train);

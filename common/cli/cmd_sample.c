@@ -119,13 +119,6 @@ static int parse_kind(const char *s, enum msd_sampler_kind *k) {
 #define SIGMA_RANGE "[1e-30, 1e30]"
 #define S_NOISE_HI 10.0 // EDM's S_noise is 1 to 1.007; a factor beyond 10 only blows the churn noise up
 
-// Whether flag was given on the command line.
-static bool given(const struct cli_opt *o, int n, const char *flag) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(o[i].flag, flag)) return o[i].seen;
-    return false;
-}
-
 static bool in_range(double v, double lo, double hi) { return v >= lo && v <= hi; }
 
 // The schedule's and Heun's flags, each against its range and the sampler or schedule it applies to,
@@ -136,11 +129,11 @@ static int check_sampler_flags(const struct cli_opt *o, int n, enum msd_sampler_
     const char *edm_only[] = {"--sigma-min", "--sigma-max", "--rho"};
     const char *heun_only[] = {"--churn", "--s-min", "--s-max", "--s-noise"};
     for (int i = 0; i < COUNT(edm_only); i++)
-        if (sched != MSD_SCHEDULE_EDM && given(o, n, edm_only[i]))
+        if (sched != MSD_SCHEDULE_EDM && cli_given(o, n, edm_only[i]))
             return cli_error("sample", "%s applies to --schedule edm only (the VP schedules have fixed ends)",
                              edm_only[i]);
     for (int i = 0; i < COUNT(heun_only); i++)
-        if (kind != MSD_SAMPLER_HEUN && given(o, n, heun_only[i]))
+        if (kind != MSD_SAMPLER_HEUN && cli_given(o, n, heun_only[i]))
             return cli_error("sample", "%s applies to --sampler heun only (EDM's stochastic sampler)", heun_only[i]);
     if (!in_range(so->sigma_min, SIGMA_LO, SIGMA_HI))
         return cli_error("sample", "--sigma-min: expected a noise level in " SIGMA_RANGE ", got %g", so->sigma_min);

@@ -69,13 +69,6 @@ const char HELP_TRAIN[] =
 // --ckpt-every's default: a tenth of the run, from 1 to 1000 steps.
 static long default_ckpt_every(long target) { return target / 10 < 1 ? 1 : target / 10 > 1000 ? 1000 : target / 10; }
 
-// Whether flag was given on the command line.
-static bool given(const struct cli_opt *o, int n, const char *flag) {
-    for (int i = 0; i < n; i++)
-        if (!strcmp(o[i].flag, flag)) return o[i].seen;
-    return false;
-}
-
 static int parse_policy(const char *s, enum msd_policy *p) {
     if (!strcmp(s, "lognormal")) *p = MSD_POLICY_LOGNORMAL;
     else if (!strcmp(s, "uniform")) *p = MSD_POLICY_UNIFORM;
@@ -130,7 +123,7 @@ int cmd_train(int argc, char **argv) {
         !isfinite(lr) || !isfinite(ema_halflife) || !isfinite(clip) || !isfinite(lr_rampup) || !isfinite(log_seconds))
         return cli_error("train", "--lr, --ema-halflife and --log-seconds must be finite and > 0, --clip and "
                                   "--lr-rampup finite and >= 0");
-    if (given(o, n, "--dropout") && !(dropout >= 0 && dropout < 1))
+    if (cli_given(o, n, "--dropout") && !(dropout >= 0 && dropout < 1))
         return cli_error("train", "--dropout: expected a probability in [0, 1), got %g", dropout);
     const struct msd_backend *be = cmd_backend("train", backend);
     if (!be) return CLI_USAGE;
@@ -146,16 +139,16 @@ int cmd_train(int argc, char **argv) {
                                "--policy", "--loss", "--seed", "--lr", "--lr-rampup", "--ema-halflife",
                                "--clip", "--dropout", "--xflip"};
         for (int i = 0; i < COUNT(fixed); i++)
-            if (given(o, n, fixed[i]))
+            if (cli_given(o, n, fixed[i]))
                 return cli_error("train", "%s cannot change when resuming: the run folder fixes it", fixed[i]);
         struct msd_run_record rec;
         if (msd_run_read(out, &rec) < 0) return cmd_fail();
         data_spec = rec.data;
         // the recorded target and intervals unless given again (a run that was not given --ckpt-every, or
         // a run.json of an older version, has no ckpt_every: it reads as 0, and the default applies)
-        if (!given(o, n, "--steps")) target = rec.steps;
-        if (!given(o, n, "--ckpt-every")) ckpt = rec.ckpt_every;
-        if (!given(o, n, "--snapshot-every")) snap = rec.snapshot_every;
+        if (!cli_given(o, n, "--steps")) target = rec.steps;
+        if (!cli_given(o, n, "--ckpt-every")) ckpt = rec.ckpt_every;
+        if (!cli_given(o, n, "--snapshot-every")) snap = rec.snapshot_every;
         char path[4096];
         snprintf(path, sizeof path, "%s/state.safetensors", out);
         if (access(path, F_OK) != 0 && errno == ENOENT) { // run.json without a state: stopped before a save
@@ -188,7 +181,8 @@ int cmd_train(int argc, char **argv) {
         printf("resuming %s at step %ld (%.0f images seen), training to step %ld on backend %s\n", out, st.step,
                st.images, target, be->name);
     } else {
-        if (!given(o, n, "--steps")) return cli_error("train", "--steps is required for a new run (or add --resume)");
+        if (!cli_given(o, n, "--steps"))
+            return cli_error("train", "--steps is required for a new run (or add --resume)");
         struct msd_config cfg;
         if (msd_config_preset(&cfg, preset) < 0) return cli_error("train", "--preset: %s", msd_last_error());
         if (decoders.n) {
@@ -209,7 +203,7 @@ int cmd_train(int argc, char **argv) {
             }
         }
         if (separate) cfg.separate = true;
-        if (given(o, n, "--dropout")) cfg.dropout = (float)dropout;
+        if (cli_given(o, n, "--dropout")) cfg.dropout = (float)dropout;
         if (loss && strcmp(loss, "edm") && strcmp(loss, "vp"))
             return cli_error("train", "--loss: expected edm or vp, got '%s'", loss);
         if (loss && !strcmp(loss, "vp")) cfg.precond = MSD_PRECOND_VP;
@@ -256,11 +250,10 @@ int cmd_train(int argc, char **argv) {
     // The batch's memory is planned here, before the run folder changes, where it is known whether the
     // batch can change: a new run's is --batch, a resumed run's is fixed by its state.
     if (rc == 0 && msd_model_plan(&m, to.batch, true) < 0) {
-        char why[768];
-        snprintf(why, sizeof why, "%s", msd_last_error());
         rc = resume ? msd_set_error("%s: the run's batch of %d images is fixed by its state (%s/state.safetensors), "
-                                    "so resume on a backend or a machine with more free memory", why, to.batch, out)
-                    : msd_set_error("%s: try a smaller --batch", why);
+                                    "so resume on a backend or a machine with more free memory", msd_last_error(),
+                                    to.batch, out)
+                    : msd_set_error("%s: try a smaller --batch", msd_last_error());
     }
     if (rc == 0 && !resume) {
         rc = msd_run_create(&m, &to, &r); // ckpt_every 0 (not chosen) is recorded as none

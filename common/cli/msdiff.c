@@ -117,9 +117,7 @@ const struct msd_backend *cmd_backend(const char *cmd, const char *name) {
 
 int cmd_plan_batch(struct msd_model *m, int n) {
     if (msd_model_plan(m, n, false) == 0) return 0;
-    char why[768];
-    snprintf(why, sizeof why, "%s", msd_last_error());
-    return msd_set_error("%s: try a smaller --batch", why);
+    return msd_set_error("%s: try a smaller --batch", msd_last_error());
 }
 
 // Parse a command's flags; *done is set when the command should return the value at once (help

@@ -7,6 +7,8 @@
 #define MSD_ERROR_H
 
 // Set the message (printf format). Always returns -1, so `return msd_set_error(...)` reads well.
+// An argument may be msd_last_error() itself: msd_set_error("checkpoint '%s': %s", path,
+// msd_last_error()) adds context to the message of a call that failed underneath.
 int msd_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // The message of the last failure in this thread ("" when none).
 const char *msd_last_error(void);

@@ -95,11 +95,8 @@ int msd_classifier_config_from_json(struct msd_classifier_config *cfg, const cha
     CFG_FIELDS(GET)
 #undef GET
     cJSON_Delete(j);
-    if (rc == 0 && msd_classifier_validate(cfg) < 0) {
-        char why[512]; // the message buffer cannot be formatted into itself
-        snprintf(why, sizeof why, "%s", msd_last_error());
-        rc = msd_set_error("classifier '%s': %s", source, why);
-    }
+    if (rc == 0 && msd_classifier_validate(cfg) < 0)
+        rc = msd_set_error("classifier '%s': %s", source, msd_last_error());
     return rc;
 }
 

@@ -191,14 +191,10 @@ int msd_checkpoint_load(struct msd_model *m, const char *path, const struct msd_
         rc = msd_set_error("checkpoint '%s': no \"config\" in __metadata__ (expected the network config as JSON, "
                            "as msdiff init and train write it)", path);
     if (rc == 0 && msd_config_from_json(&cfg, json, path) < 0) rc = -1;
-    if (rc == 0 && msd_model_build(m, &cfg, be) < 0) rc = -2;
+    // the model's own messages (its size, the memory it lacks) get the file's name
+    if (rc == 0 && msd_model_build(m, &cfg, be) < 0) rc = msd_set_error("checkpoint '%s': %s", path, msd_last_error());
     if (rc == 0 && check_tensors(m, &f) < 0) rc = -1;
-    if (rc == 0 && msd_model_alloc(m) < 0) rc = -2;
-    if (rc == -2) { // the model's own message (its size, or the memory it lacks): add the file's name
-        char why[768];
-        snprintf(why, sizeof why, "%s", msd_last_error());
-        rc = msd_set_error("checkpoint '%s': %s", path, why);
-    }
+    if (rc == 0 && msd_model_alloc(m) < 0) rc = msd_set_error("checkpoint '%s': %s", path, msd_last_error());
     if (rc == 0 && copy_weights(m, &f) < 0) rc = -1;
     if (rc < 0) msd_model_free(m); // harmless when nothing was built
     msd_st_free(&f);

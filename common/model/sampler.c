@@ -139,10 +139,9 @@ struct run {
 static int denoise(struct run *r, float *D, const float *x, double sigma) {
     msd_clear_error(); // so that a callback failing without a message is not blamed on an older one
     if (r->f(r->ctx, D, x, sigma) != 0) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", msd_last_error()[0] ? msd_last_error() : "the callback returned -1");
         return msd_set_error("%s sampler: denoiser evaluation %d of %d at sigma %.6g failed: %s",
-                             kind_name(r->o->kind), r->done + 1, r->total, sigma, why);
+                             kind_name(r->o->kind), r->done + 1, r->total, sigma,
+                             msd_last_error()[0] ? msd_last_error() : "the callback returned -1");
     }
     r->done++;
     if (r->o->progress) r->o->progress(r->o->progress_ctx, r->done, r->total);

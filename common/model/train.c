@@ -168,11 +168,8 @@ int msd_train_step(struct msd_model *m, struct msd_train_state *st, const struct
     msd_clear_error();
     const double loss = msd_loss(m, stage, st->y, st->n, sigmas, true, NULL, NULL, &fo);
     free(sigmas);
-    if (!isfinite(loss) && msd_last_error()[0]) { // the loss could not be computed (memory ran out): say why
-        char why[768];
-        snprintf(why, sizeof why, "%s", msd_last_error());
-        return msd_set_error("step %ld: %s; the weights are left as before this step", st->step, why);
-    }
+    if (!isfinite(loss) && msd_last_error()[0]) // the loss could not be computed (memory ran out): say why
+        return msd_set_error("step %ld: %s; the weights are left as before this step", st->step, msd_last_error());
     if (!isfinite(loss))
         return msd_set_error("step %ld: the loss is %g (stage %d); the weights are left as before this step",
                              st->step, loss, stage);
@@ -439,15 +436,13 @@ int msd_train_load(const char *path, struct msd_model *m, struct msd_train_state
                            "adam_steps (is it a model checkpoint rather than a state file?)", path);
     if (rc == 0 && (msd_config_from_json(&cfg, config, path) < 0 || opts_from_json(o, train, path) < 0))
         rc = -1;
-    if (rc == 0 && msd_model_build(m, &cfg, be) < 0) rc = -2;
+    // the model's own messages (its size, the memory it lacks) get the file's name
+    if (rc == 0 && msd_model_build(m, &cfg, be) < 0)
+        rc = msd_set_error("training state '%s': %s", path, msd_last_error());
     for (int i = 0; rc == 0 && i < 4; i++)
         rc = msd_st_check_f32(&f, STATE_TENSORS[i], 1, (int64_t[]){(int64_t)m->n_floats});
-    if (rc == 0 && (msd_model_alloc(m) < 0 || msd_train_state_init(st, m) < 0)) rc = -2;
-    if (rc == -2) { // the model's own message (its size, or the memory it lacks): add the file's name
-        char why[768];
-        snprintf(why, sizeof why, "%s", msd_last_error());
-        rc = msd_set_error("training state '%s': %s", path, why);
-    }
+    if (rc == 0 && (msd_model_alloc(m) < 0 || msd_train_state_init(st, m) < 0))
+        rc = msd_set_error("training state '%s': %s", path, msd_last_error());
     if (rc == 0) {
         const char *end;
         unsigned long long count;
